@@ -1,0 +1,1 @@
+"""vosd streaming side: sources, transport, job queue, writer, daemon and command line."""

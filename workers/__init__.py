@@ -1,0 +1,1 @@
+"""vosd model side: the XMem engine, evaluation, training and the worker process."""

@@ -1,0 +1,1 @@
+"""`vosd eval` and `vosd score`: dataset layouts, evaluation runner, J&F metrics."""

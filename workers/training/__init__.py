@@ -1,0 +1,1 @@
+"""`vosd train` and `vosd weights`: XMem training stages and model weights management."""

@@ -1,0 +1,1 @@
+"""The XMem engine: checkpoint-compatible network and bounded-memory inference core."""
