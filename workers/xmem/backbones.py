@@ -1,0 +1,85 @@
+"""ResNet trunks (stem + three stages, no layer4) built from torchvision blocks, never downloading weights.
+
+The key encoder is a ResNet-50 (official) or ResNet-18 (small) trunk whose first stage is named `res2`; the value
+encoder trunk is always a ResNet-18 whose first conv takes extra mask channels (RGB + own mask + others = 5).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+STAGE_WIDTHS = (64, 128, 256)
+"""Base widths of ResNet stages 1-3 (layer1..layer3); block expansion multiplies them."""
+STAGE_DEPTHS = {18: (2, 2, 2), 50: (3, 4, 6)}
+BLOCKS: dict[int, type[BasicBlock] | type[Bottleneck]] = {18: BasicBlock, 50: Bottleneck}
+STEM_WIDTH = 64
+VALUE_INPUT_CHANNELS = 5
+"""R, G, B, own mask, sum of the other objects' masks."""
+
+
+def trunk_dims(depth: int) -> tuple[int, int, int]:
+    """Output channels (f16, f8, f4) of a trunk: (1024, 512, 256) for ResNet-50, (256, 128, 64) for ResNet-18."""
+    expansion = BLOCKS[depth].expansion
+    f4, f8, f16 = (width * expansion for width in STAGE_WIDTHS)
+    return f16, f8, f4
+
+
+def make_stem(in_channels: int) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    """The 7x7 stride-2 conv (no bias) and its BatchNorm."""
+    return nn.Conv2d(in_channels, STEM_WIDTH, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(STEM_WIDTH)
+
+
+def make_stages(depth: int) -> list[nn.Sequential]:
+    """ResNet stages 1-3; stride 2 on the 3x3 conv of the first block of stages 2 and 3 (torchvision v1.5)."""
+    block = BLOCKS[depth]
+    stages = []
+    in_dim = STEM_WIDTH
+    for index, (width, count) in enumerate(zip(STAGE_WIDTHS, STAGE_DEPTHS[depth])):
+        stride = 1 if index == 0 else 2
+        out_dim = width * block.expansion
+        downsample = None
+        if stride != 1 or in_dim != out_dim:
+            downsample = nn.Sequential(
+                nn.Conv2d(in_dim, out_dim, 1, stride=stride, bias=False), nn.BatchNorm2d(out_dim)
+            )
+        blocks = [block(in_dim, width, stride, downsample)]
+        blocks += [block(out_dim, width) for _ in range(count - 1)]
+        stages.append(nn.Sequential(*blocks))
+        in_dim = out_dim
+    return stages
+
+
+class KeyEncoder(nn.Module):
+    """Image -> multi-scale features f16 (B, C16, H/16, W/16), f8 (B, C8, H/8, W/8), f4 (B, C4, H/4, W/4)."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = make_stem(3)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.res2, self.layer2, self.layer3 = make_stages(depth)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """image (B, 3, H, W) -> (f16, f8, f4)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(image))))
+        f4 = self.res2(x)
+        f8 = self.layer2(f4)
+        return self.layer3(f8), f8, f4
+
+
+class ValueTrunk(nn.Module):
+    """ResNet-18 trunk on (B*N, 5, H, W) image+mask stacks -> (B*N, 256, H/16, W/16)."""
+
+    def __init__(self, in_channels: int = VALUE_INPUT_CHANNELS) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = make_stem(in_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1, self.layer2, self.layer3 = make_stages(18)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Maxpool before ReLU, as in the official code (the two commute)."""
+        x = self.relu(self.maxpool(self.bn1(self.conv1(x))))
+        return self.layer3(self.layer2(self.layer1(x)))
