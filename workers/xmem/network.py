@@ -191,3 +191,10 @@ class XMemNetwork(nn.Module):
         new_hidden, object_logits = self.decoder(f16, f8, f4, hidden, readout, update_hidden)
         object_prob = torch.sigmoid(object_logits)
         return new_hidden, aggregated_log_odds(object_prob, dim=1), aggregate(object_prob, dim=1)
+
+
+def empty_network(spec: NetworkSpec) -> XMemNetwork:
+    """Build on the meta device and allocate uninitialised CPU storage: fast, but every tensor must be filled."""
+    with torch.device("meta"):
+        network = XMemNetwork(spec)
+    return network.to_empty(device="cpu")
