@@ -10,6 +10,7 @@ is unwrapped; anything else that is not a state dict is refused with a Checkpoin
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,12 +52,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def describe_load_failure(path: Path, error: Exception) -> str:
-    """Say whether a file that looks like a checkpoint is damaged or holds objects weights-only loading refuses."""
+    """Say whether a file that looks like a checkpoint holds refused objects or is damaged."""
     text = str(error)
-    if "Weights only load failed" in text and "Unsupported" in text:
-        return (f"checkpoint {path} holds Python objects that a weights-only load refuses; "
-                f"save a plain state dict (name -> tensor) instead ({text.splitlines()[0]})")
-    return f"checkpoint {path} is truncated or corrupt ({type(error).__name__}: {text.splitlines()[0]})"
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return (f"checkpoint {path} holds a pickled Python object ({refused.group(1)}) that weights-only loading "
+                f"refuses; save a plain state dict instead: torch.save(network.state_dict(), path)")
+    lines = text.split("WeightsUnpickler error:")[-1].splitlines()
+    detail = next((line for line in lines if line.strip()), type(error).__name__)
+    return (f"checkpoint {path} is truncated, corrupt or not written by torch.save "
+            f"({type(error).__name__}: {detail.split('. ')[0].strip()})")
 
 
 def as_state_dict(loaded: object, source: str) -> dict[str, torch.Tensor]:
