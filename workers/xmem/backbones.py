@@ -1,7 +1,8 @@
 """ResNet trunks (stem + three stages, no layer4) built from torchvision blocks, never downloading weights.
 
-The key encoder is a ResNet-50 (official) or ResNet-18 (small) trunk whose first stage is named `res2`; the value
-encoder trunk is always a ResNet-18 whose first conv takes extra mask channels (RGB + own mask + others = 5).
+The key encoder is a ResNet-50 (official) or ResNet-18 (small) trunk whose first stage is named `res2`; the
+value encoder trunk is always a ResNet-18 whose first conv takes extra mask channels
+(RGB + own mask + others = 5).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ VALUE_INPUT_CHANNELS = 5
 
 
 def trunk_dims(depth: int) -> tuple[int, int, int]:
-    """Output channels (f16, f8, f4) of a trunk: (1024, 512, 256) for ResNet-50, (256, 128, 64) for ResNet-18."""
+    """Output channels (f16, f8, f4): (1024, 512, 256) for ResNet-50, (256, 128, 64) for ResNet-18."""
     expansion = BLOCKS[depth].expansion
     f4, f8, f16 = (width * expansion for width in STAGE_WIDTHS)
     return f16, f8, f4

@@ -3,8 +3,9 @@
 Reading is `torch.load(..., weights_only=True)`, so a checkpoint can never run code. The network's sizes and
 variant are read from tensor shapes (spec 1.1). The only transformation is the official one: a single-object
 checkpoint (value_encoder.conv1 with 4 input channels) gets a zero fifth channel. There is no key renaming.
-As a convenience, a dict that wraps a state dict under "state_dict", "model" or "network" (training checkpoints)
-is unwrapped; anything else that is not a state dict is refused with a CheckpointError that says what it is.
+As a convenience, a dict that wraps a state dict under "state_dict", "model" or "network" (training
+checkpoints) is unwrapped; anything else that is not a state dict is refused with a CheckpointError that
+says what it is.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ def describe_load_failure(path: Path, error: Exception) -> str:
     text = str(error)
     refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if refused:
-        return (f"checkpoint {path} holds a pickled Python object ({refused.group(1)}) that weights-only loading "
-                f"refuses; save a plain state dict instead: torch.save(network.state_dict(), path)")
+        return (f"checkpoint {path} holds a pickled Python object ({refused.group(1)}) that weights-only "
+                f"loading refuses; save a plain state dict instead: torch.save(network.state_dict(), path)")
     lines = text.split("WeightsUnpickler error:")[-1].splitlines()
     detail = next((line for line in lines if line.strip()), type(error).__name__)
     return (f"checkpoint {path} is truncated, corrupt or not written by torch.save "
@@ -86,7 +87,7 @@ def is_tensor_mapping(value: object) -> bool:
 
 
 def spec_from_state_dict(state: Mapping[str, torch.Tensor]) -> NetworkSpec:
-    """Read the network's sizes from tensor shapes (spec 1.1); the key encoder's block type gives the variant."""
+    """Read sizes from tensor shapes (spec 1.1); the key encoder's block type gives the variant."""
     required = {
         "key_proj.key_proj.weight": "key_dim",
         "value_encoder.fuser.block2.conv2.weight": "value_dim",
@@ -123,7 +124,7 @@ def spec_from_state_dict(state: Mapping[str, torch.Tensor]) -> NetworkSpec:
 
 
 def pad_single_object(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Append a zero input channel to a single-object checkpoint's value_encoder.conv1 (as the official loader)."""
+    """Give a single-object checkpoint's value_encoder.conv1 a zero fifth input channel (official loader)."""
     weight = state.get(VALUE_CONV1)
     if weight is None or weight.dim() != 4 or weight.shape[1] != SINGLE_OBJECT_CHANNELS:
         return state
@@ -148,8 +149,9 @@ def layout_problems(expected: Mapping[str, torch.Tensor], state: Mapping[str, to
     return problems
 
 
-def load_network(path_or_state_dict: str | Path | Mapping[str, torch.Tensor], device: str | torch.device = "cpu",
-                 ) -> XMemNetwork:
+def load_network(
+    path_or_state_dict: str | Path | Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
+) -> XMemNetwork:
     """Build the network the checkpoint describes, load it strictly and return it in eval mode on `device`."""
     if isinstance(path_or_state_dict, Mapping):
         state = as_state_dict(path_or_state_dict, "the given mapping")
@@ -172,7 +174,7 @@ def save_state_dict(network: XMemNetwork, path: str | Path) -> Path:
     """Write the official format (a plain dict of contiguous CPU tensors) atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in network.state_dict().items()}
+    state = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in network.state_dict().items()}
     partial = path.with_name(path.name + ".partial")
     torch.save(state, partial)
     os.replace(partial, path)

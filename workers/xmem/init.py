@@ -1,11 +1,11 @@
-"""Calibrated random initialisation of XMemNetwork (spec section 5): weights for tests, benchmarks and training.
+"""Calibrated random initialisation of XMemNetwork (spec section 5) for tests, benchmarks and training.
 
-Plain random weights make XMem numerically useless: BatchNorm statistics do not match the activations, and keys
-are so large that every top-k similarity is below about -104, where exp() underflows and the readout is NaN
-(spec 2.4). So after drawing weights we
+Plain random weights make XMem numerically useless: BatchNorm statistics do not match the activations, and
+keys are so large that every top-k similarity is below about -104, where exp() underflows and the readout
+is NaN (spec 2.4). So after drawing weights we
 * calibrate BatchNorm running statistics on a few random image/mask batches (activations become normalised),
-* rescale the key / shrinkage / selection heads, the two GRU gate convs and the prediction head so their outputs
-  have a chosen spread on those batches (keys ~ unit variance keeps similarities within softmax range).
+* rescale the key / shrinkage / selection heads, the two GRU gate convs and the prediction head so their
+  outputs have a chosen spread on those batches (unit-variance keys keep similarities in softmax range).
 Everything random comes from one generator seeded by `seed`, so a seed gives bit-identical weights.
 """
 
@@ -55,11 +55,12 @@ def smooth_noise(shape: tuple[int, ...], generator: torch.Generator, cell: int) 
     """(B, C, H, W) noise that varies over `cell`-pixel scales, like image content does."""
     batch, channels, height, width = shape
     coarse = torch.randn(batch, channels, -(-height // cell) + 1, -(-width // cell) + 1, generator=generator)
-    return F.interpolate(coarse, scale_factor=cell, mode="bilinear", align_corners=False)[..., :height, :width]
+    fine = F.interpolate(coarse, scale_factor=cell, mode="bilinear", align_corners=False)
+    return fine[..., :height, :width]
 
 
 def calibration_batches(options: InitOptions, generator: torch.Generator) -> list[CalibrationBatch]:
-    """Draw the calibration inputs (images: smooth noise plus a little pixel noise; masks: thresholded blobs)."""
+    """Draw calibration inputs (images: smooth noise plus a little pixel noise; masks: thresholded blobs)."""
     height, width = options.image_size
     batches = []
     for _ in range(options.batches):
@@ -71,7 +72,7 @@ def calibration_batches(options: InitOptions, generator: torch.Generator) -> lis
 
 
 def draw_weights(network: XMemNetwork, options: InitOptions, generator: torch.Generator) -> None:
-    """Fill every tensor: fan-in normal weights (He gain before BatchNorm, unit gain elsewhere), random BN affine."""
+    """Fill every tensor: fan-in normal weights (He gain before BatchNorm, else 1), random BN affine."""
     for module in network.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             fan_in = module.weight[0].numel()
@@ -87,7 +88,7 @@ def draw_weights(network: XMemNetwork, options: InitOptions, generator: torch.Ge
 
 @contextmanager
 def batchnorm_calibration(network: XMemNetwork) -> Iterator[None]:
-    """BatchNorm layers accumulate a plain average of batch statistics while inside; everything else is eval."""
+    """BatchNorm layers accumulate a plain average of batch statistics while inside; the rest is in eval."""
     norms = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d)]
     network.eval()
     for norm in norms:
@@ -127,7 +128,7 @@ def recording(modules: list[nn.Module]) -> Iterator[dict[nn.Module, list[torch.T
 
 
 def rescale(layer: nn.Conv2d, outputs: list[torch.Tensor], target_std: float, *, centre: bool) -> None:
-    """Scale a layer's weight and bias so its recorded outputs get std `target_std` (and mean 0 if `centre`)."""
+    """Scale a layer's weight and bias so its recorded outputs get std `target_std` (mean 0 if `centre`)."""
     values = torch.cat(outputs)
     scale = target_std / values.std().clamp_min(1e-12).item()
     layer.weight.mul_(scale)

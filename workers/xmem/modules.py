@@ -26,13 +26,13 @@ def unfold(x: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def distribute_cat(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Put the image feature x (B, Cx, H, W) in front of every object's g (B, N, Cg, H, W) -> (B, N, Cx+Cg, H, W)."""
+    """Put image feature x (B, Cx, H, W) before each object's g (B, N, Cg, H, W) -> (B, N, Cx+Cg, H, W)."""
     expanded = x.unsqueeze(1).expand(-1, g.shape[1], -1, -1, -1)
     return torch.cat([expanded, g], dim=2)
 
 
 def resize_groups(g: torch.Tensor, factor: float) -> torch.Tensor:
-    """Scale (B, N, C, H, W) spatially: bilinear (align_corners=False) up, area down, as the official code does."""
+    """Scale (B, N, C, H, W) spatially: bilinear (align_corners=False) up, area down, as the official code."""
     mode = "bilinear" if factor > 1 else "area"
     size = (round(g.shape[-2] * factor), round(g.shape[-1] * factor))
     extra = {"align_corners": False} if mode == "bilinear" else {}
@@ -193,7 +193,7 @@ class KeyProjection(nn.Module):
     def forward(
         self, f16: torch.Tensor, need_shrinkage: bool, need_selection: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """f16 (B, C, h, w) -> key (B, Ck, h, w), shrinkage (B, 1, h, w) >= 1, selection (B, Ck, h, w) in (0, 1)."""
+        """f16 (B,C,h,w) -> key (B,Ck,h,w), shrinkage (B,1,h,w) >= 1, selection (B,Ck,h,w) in (0, 1)."""
         shrinkage = self.d_proj(f16) ** 2 + 1 if need_shrinkage else None
         selection = torch.sigmoid(self.e_proj(f16)) if need_selection else None
         return self.key_proj(f16), shrinkage, selection

@@ -1,7 +1,7 @@
 """XMemNetwork: the XMem network as a pure module with named steps (encode_key, encode_value, segment).
 
-The official variant has exactly the official state-dict layout (spec 1.3), so released checkpoints load without
-renaming. The module keeps no state between calls; memory lives in the inference core.
+The official variant has exactly the official state-dict layout (spec 1.3), so released checkpoints load
+without renaming. The module keeps no state between calls; memory lives in the inference core.
 Shapes: H, W are padded to multiples of 16; h, w = H/16, W/16; N = number of objects.
 """
 
@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from workers.xmem.aggregate import PROBABILITY_EPS, aggregate
 from workers.xmem.backbones import KeyEncoder, ValueTrunk, trunk_dims
@@ -137,7 +137,8 @@ def others_masks(masks: torch.Tensor) -> torch.Tensor:
     count = masks.shape[1]
     if count == 1:
         return torch.zeros_like(masks)
-    return torch.stack([masks[:, [j for j in range(count) if j != i]].sum(dim=1) for i in range(count)], dim=1)
+    others = [masks[:, [j for j in range(count) if j != i]].sum(dim=1) for i in range(count)]
+    return torch.stack(others, dim=1)
 
 
 def aggregated_log_odds(prob: torch.Tensor, dim: int) -> torch.Tensor:
@@ -163,8 +164,9 @@ class XMemNetwork(nn.Module):
 
     def encode_key(
         self, image: torch.Tensor, *, need_shrinkage: bool, need_selection: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """image (B,3,H,W) -> key (B,Ck,h,w), shrinkage (B,1,h,w) | None, selection (B,Ck,h,w) | None, f16, f8, f4."""
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor, Tensor, Tensor]:
+        """image (B,3,H,W) -> key (B,Ck,h,w), shrinkage (B,1,h,w) | None, selection (B,Ck,h,w) | None,
+        f16 (B,C16,h,w), f8 (B,C8,2h,2w), f4 (B,C4,4h,4w)."""
         f16, f8, f4 = self.key_encoder(image)
         key, shrinkage, selection = self.key_proj(f16, need_shrinkage, need_selection)
         return key, shrinkage, selection, f16, f8, f4
@@ -183,7 +185,7 @@ class XMemNetwork(nn.Module):
         self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor, hidden: torch.Tensor | None,
         readout: torch.Tensor, *, update_hidden: bool,
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """readout (B,N,Cv,h,w) -> (new hidden or None, logits (B,N+1,H,W), prob (B,N+1,H,W)), background first.
+        """readout (B,N,Cv,h,w) -> (new hidden | None, logits (B,N+1,H,W), prob (B,N+1,H,W)), bg first.
 
         logits are the aggregated log-odds (softmax over dim 1 gives prob); new hidden is None unless
         update_hidden is set and the network has sensory memory.
@@ -194,7 +196,7 @@ class XMemNetwork(nn.Module):
 
 
 def empty_network(spec: NetworkSpec) -> XMemNetwork:
-    """Build on the meta device and allocate uninitialised CPU storage: fast, but every tensor must be filled."""
+    """Build on the meta device, then allocate uninitialised CPU storage (fast); fill every tensor after."""
     with torch.device("meta"):
         network = XMemNetwork(spec)
     return network.to_empty(device="cpu")
