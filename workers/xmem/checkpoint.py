@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from workers.xmem.network import KEY_ENCODER_DEPTH, NetworkSpec, XMemNetwork, empty_network
+from workers.xmem.network import NetworkSpec, XMemNetwork, empty_network
 
 WRAPPER_KEYS = ("state_dict", "model", "network")
 MAX_LISTED = 10

@@ -84,9 +84,9 @@ class ValueEncoder(ValueTrunk):
         self.hidden_reinforce = HiddenReinforcer(spec.value_dim, spec.hidden_dim) if spec.hidden_dim else None
 
     def forward(
-        self, image: torch.Tensor, f16: torch.Tensor, hidden: torch.Tensor | None, masks: torch.Tensor,
-        others: torch.Tensor, deep_update: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, image: Tensor, f16: Tensor, hidden: Tensor | None, masks: Tensor,
+        others: Tensor, deep_update: bool,
+    ) -> tuple[Tensor, Tensor | None]:
         """image (B,3,H,W), f16 (B,C16,h,w), masks/others (B,N,H,W) -> value (B,N,Cv,h,w), hidden."""
         batch = masks.shape[0]
         stacked = distribute_cat(image, torch.stack([masks, others], dim=2))
@@ -113,9 +113,9 @@ class Decoder(nn.Module):
         self.pred = nn.Conv2d(g4, 1, 3, padding=1)
 
     def forward(
-        self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor, hidden: torch.Tensor | None,
-        readout: torch.Tensor, update_hidden: bool,
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        self, f16: Tensor, f8: Tensor, f4: Tensor, hidden: Tensor | None,
+        readout: Tensor, update_hidden: bool,
+    ) -> tuple[Tensor | None, Tensor]:
         """Returns (new hidden (B,N,Ch,h,w) or None, object logits (B,N,H,W))."""
         batch = readout.shape[0]
         if self.hidden_update is not None:
@@ -132,7 +132,7 @@ class Decoder(nn.Module):
         return new_hidden, logits.view(batch, -1, *logits.shape[-2:])
 
 
-def others_masks(masks: torch.Tensor) -> torch.Tensor:
+def others_masks(masks: Tensor) -> Tensor:
     """(B, N, H, W) -> for each object the sum of the other objects' masks (zeros when N == 1)."""
     count = masks.shape[1]
     if count == 1:
@@ -141,7 +141,7 @@ def others_masks(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack(others, dim=1)
 
 
-def aggregated_log_odds(prob: torch.Tensor, dim: int) -> torch.Tensor:
+def aggregated_log_odds(prob: Tensor, dim: int) -> Tensor:
     """The pre-softmax log-odds of soft aggregation: softmax(result, dim) == aggregate(prob, dim)."""
     background = torch.prod(1 - prob, dim=dim, keepdim=True)
     with_background = torch.cat([background, prob], dim=dim).clamp(PROBABILITY_EPS, 1 - PROBABILITY_EPS)
@@ -163,7 +163,7 @@ class XMemNetwork(nn.Module):
         raise NotImplementedError("XMemNetwork has no forward; call encode_key, encode_value and segment")
 
     def encode_key(
-        self, image: torch.Tensor, *, need_shrinkage: bool, need_selection: bool
+        self, image: Tensor, *, need_shrinkage: bool, need_selection: bool
     ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor, Tensor, Tensor]:
         """image (B,3,H,W) -> key (B,Ck,h,w), shrinkage (B,1,h,w) | None, selection (B,Ck,h,w) | None,
         f16 (B,C16,h,w), f8 (B,C8,2h,2w), f4 (B,C4,4h,4w)."""
@@ -172,9 +172,9 @@ class XMemNetwork(nn.Module):
         return key, shrinkage, selection, f16, f8, f4
 
     def encode_value(
-        self, image: torch.Tensor, f16: torch.Tensor, hidden: torch.Tensor | None, masks: torch.Tensor, *,
+        self, image: Tensor, f16: Tensor, hidden: Tensor | None, masks: Tensor, *,
         deep_update: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[Tensor, Tensor | None]:
         """image (B,3,H,W), f16, hidden (B,N,Ch,h,w), masks (B,N,H,W) -> value (B,N,Cv,h,w), hidden.
 
         The hidden state is returned unchanged unless deep_update is set and the network has sensory memory.
@@ -182,9 +182,9 @@ class XMemNetwork(nn.Module):
         return self.value_encoder(image, f16, hidden, masks, others_masks(masks), deep_update)
 
     def segment(
-        self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor, hidden: torch.Tensor | None,
-        readout: torch.Tensor, *, update_hidden: bool,
-    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        self, f16: Tensor, f8: Tensor, f4: Tensor, hidden: Tensor | None,
+        readout: Tensor, *, update_hidden: bool,
+    ) -> tuple[Tensor | None, Tensor, Tensor]:
         """readout (B,N,Cv,h,w) -> (new hidden | None, logits (B,N+1,H,W), prob (B,N+1,H,W)), bg first.
 
         logits are the aggregated log-odds (softmax over dim 1 gives prob); new hidden is None unless
