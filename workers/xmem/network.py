@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workers.xmem.aggregate import PROBABILITY_EPS, aggregate
+from workers.xmem.aggregate import aggregated_log_odds
 from workers.xmem.backbones import KeyEncoder, ValueTrunk, trunk_dims
 from workers.xmem.modules import (
     FeatureFusionBlock,
@@ -141,13 +141,6 @@ def others_masks(masks: Tensor) -> Tensor:
     return torch.stack(others, dim=1)
 
 
-def aggregated_log_odds(prob: Tensor, dim: int) -> Tensor:
-    """The pre-softmax log-odds of soft aggregation: softmax(result, dim) == aggregate(prob, dim)."""
-    background = torch.prod(1 - prob, dim=dim, keepdim=True)
-    with_background = torch.cat([background, prob], dim=dim).clamp(PROBABILITY_EPS, 1 - PROBABILITY_EPS)
-    return torch.log(with_background / (1 - with_background))
-
-
 class XMemNetwork(nn.Module):
     """The XMem network; call the named steps, not forward (the inference core decides which to run)."""
 
@@ -191,8 +184,8 @@ class XMemNetwork(nn.Module):
         update_hidden is set and the network has sensory memory.
         """
         new_hidden, object_logits = self.decoder(f16, f8, f4, hidden, readout, update_hidden)
-        object_prob = torch.sigmoid(object_logits)
-        return new_hidden, aggregated_log_odds(object_prob, dim=1), aggregate(object_prob, dim=1)
+        logits = aggregated_log_odds(torch.sigmoid(object_logits), dim=1)
+        return new_hidden, logits, torch.softmax(logits, dim=1)
 
 
 def empty_network(spec: NetworkSpec) -> XMemNetwork:
