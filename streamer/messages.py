@@ -1,0 +1,563 @@
+"""Every ZeroMQ message of the daemon: a closed set of kinds, one frozen dataclass each.
+
+Wire format (multipart, no pickle anywhere)::
+
+    part 0  kind      ASCII name of the kind, e.g. b"frame"
+    part 1  header    UTF-8 JSON object: {"v": PROTOCOL_VERSION, ...fields}; for array payloads it also
+                      holds "shape" and "dtype"
+    part 2  payload   raw array bytes (only for kinds that carry an array: frames, masks, first-frame masks)
+
+Who sends what (see streamer/transport.py for the sockets):
+
+    decoder -> worker   JobStart, Frame..., EndOfStream | Cancel
+    worker  -> decoder  Credit (flow control), EndAck, Error
+    worker  -> writer   JobStart (forwarded), Mask..., EndOfStream (forwarded) | Cancel, Progress
+    daemon  -> any      Shutdown
+    any     -> daemon   Heartbeat, Progress, Error
+
+Arrays travel without copies: `encode` puts the array object itself in the part list for
+``send_multipart(parts, copy=False)``, and `decode` wraps the received ``zmq.Frame`` buffer with
+``np.frombuffer``, so the decoded array is read-only and shares the message's memory. The sender must
+not modify an array after handing it to a socket (pyzmq sends large buffers from the caller's memory);
+the decoder allocates a fresh array per frame, which is enough.
+
+`decode` never raises anything but `MessageError`, whose text names the kind and the bad field, so a
+receiver can log a malformed message, count it, and keep going.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar, Sequence, Union
+
+import numpy as np
+import zmq
+
+PROTOCOL_VERSION = 1
+"""Bumped when a header changes incompatibly; a receiver rejects other versions."""
+
+PAYLOAD_DTYPES = frozenset({"uint8", "uint16", "float32"})
+"""Array dtypes allowed on the wire: images and index masks are uint8, the rest leaves room for depth/probabilities."""
+
+MAX_HEADER_BYTES = 64 * 1024
+"""Headers are small metadata; anything larger is treated as malformed rather than parsed."""
+
+
+class MessageKind(str, Enum):
+    """The closed set of message kinds; the value is what travels in part 0."""
+
+    JOB_START = "job_start"
+    FRAME = "frame"
+    MASK = "mask"
+    END_OF_STREAM = "end_of_stream"
+    END_ACK = "end_ack"
+    CREDIT = "credit"
+    CANCEL = "cancel"
+    SHUTDOWN = "shutdown"
+    PROGRESS = "progress"
+    HEARTBEAT = "heartbeat"
+    ERROR = "error"
+
+
+class MessageError(ValueError):
+    """A message that cannot be decoded; the text says which kind and which field."""
+
+
+class _Header:
+    """Typed access to a decoded JSON header, raising `MessageError` that names the field."""
+
+    def __init__(self, kind: MessageKind, data: dict[str, Any]) -> None:
+        self.kind = kind
+        self.data = data
+
+    def _fail(self, name: str, expected: str) -> MessageError:
+        value = self.data.get(name, "<missing>")
+        return MessageError(f"{self.kind.value}: field {name!r} must be {expected}, got {value!r}")
+
+    def text(self, name: str) -> str:
+        value = self.data.get(name)
+        if not isinstance(value, str) or not value:
+            raise self._fail(name, "a non-empty string")
+        return value
+
+    def maybe_text(self, name: str) -> str | None:
+        return None if self.data.get(name) is None else self.text(name)
+
+    def integer(self, name: str, *, minimum: int = 0) -> int:
+        value = self.data.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self._fail(name, f"an integer >= {minimum}")
+        return value
+
+    def number(self, name: str) -> float:
+        value = self.data.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self._fail(name, "a finite number")
+        return float(value)
+
+    def maybe_number(self, name: str) -> float | None:
+        return None if self.data.get(name) is None else self.number(name)
+
+    def flag(self, name: str) -> bool:
+        value = self.data.get(name)
+        if not isinstance(value, bool):
+            raise self._fail(name, "true or false")
+        return value
+
+    def mapping(self, name: str) -> dict[str, Any]:
+        value = self.data.get(name, {})
+        if not isinstance(value, dict):
+            raise self._fail(name, "an object")
+        return value
+
+    def size(self, name: str) -> tuple[int, int]:
+        value = self.data.get(name)
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        ):
+            raise self._fail(name, "[width, height] with positive integers")
+        return (value[0], value[1])
+
+
+def _check_image(image: np.ndarray, what: str, *, channels: int | None) -> None:
+    """Reject arrays the receiver could not interpret, at construction time on the sending side."""
+    if not isinstance(image, np.ndarray):
+        raise MessageError(f"{what}: expected a numpy array, got {type(image).__name__}")
+    if image.dtype.name not in PAYLOAD_DTYPES:
+        raise MessageError(f"{what}: dtype {image.dtype.name} is not one of {sorted(PAYLOAD_DTYPES)}")
+    if channels is None and image.ndim != 2:
+        raise MessageError(f"{what}: expected shape (H, W), got {image.shape}")
+    if channels is not None and (image.ndim != 3 or image.shape[2] != channels):
+        raise MessageError(f"{what}: expected shape (H, W, {channels}), got {image.shape}")
+
+
+@dataclass(frozen=True)
+class JobStart:
+    """Opens a job on a worker (and, forwarded, on the writer). The first message of every job.
+
+    `mask` is the first-frame index mask ``uint8 (H, W)`` at the source size, or None when the job gets
+    its mask later (interactive use). `options` are per-job overrides of the XMem inference options and
+    `outputs` the writer's output paths; both are plain JSON objects validated by their consumers.
+    """
+
+    KIND: ClassVar[MessageKind] = MessageKind.JOB_START
+    job_id: str
+    live: bool
+    source_size: tuple[int, int]
+    fps: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    mask: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask is not None:
+            _check_image(self.mask, "job_start mask", channels=None)
+
+    @property
+    def payload(self) -> np.ndarray | None:
+        return self.mask
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "live": self.live,
+            "source_size": list(self.source_size),
+            "fps": self.fps,
+            "options": self.options,
+            "outputs": self.outputs,
+        }
+
+    @classmethod
+    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> JobStart:
+        return cls(
+            job_id=h.text("job_id"),
+            live=h.flag("live"),
+            source_size=h.size("source_size"),
+            fps=h.maybe_number("fps"),
+            options=h.mapping("options"),
+            outputs=h.mapping("outputs"),
+            mask=payload,
+        )
+
+
+@dataclass(frozen=True)
+class FrameMessage:
+    """One decoded frame at the worker's working resolution: ``uint8 (H, W, 3)`` RGB.
+
+    `pts` is the presentation time in seconds from the source (None when the source has none);
+    `capture_time` is the wall clock (Unix seconds) when the decoder produced the frame, for latency.
+    `dropped` is how many frames the sender has dropped so far for this job (live jobs), so the worker
+    can report drops while the job runs.
+    """
+
+    KIND: ClassVar[MessageKind] = MessageKind.FRAME
+    job_id: str
+    index: int
+    image: np.ndarray
+    pts: float | None
+    capture_time: float
+    source_size: tuple[int, int]
+    dropped: int = 0
+
+    def __post_init__(self) -> None:
+        _check_image(self.image, "frame image", channels=3)
+
+    @property
+    def payload(self) -> np.ndarray:
+        return self.image
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "index": self.index,
+            "pts": self.pts,
+            "capture_time": self.capture_time,
+            "source_size": list(self.source_size),
+            "dropped": self.dropped,
+        }
+
+    @classmethod
+    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> FrameMessage:
+        if payload is None:
+            raise MessageError("frame: missing image payload")
+        return cls(
+            job_id=h.text("job_id"),
+            index=h.integer("index"),
+            image=payload,
+            pts=h.maybe_number("pts"),
+            capture_time=h.number("capture_time"),
+            source_size=h.size("source_size"),
+            dropped=h.integer("dropped"),
+        )
+
+
+@dataclass(frozen=True)
+class MaskMessage:
+    """The worker's result for one frame: index mask ``uint8 (H, W)`` in the user's labels.
+
+    `timings` maps a stage name to seconds spent (e.g. {"step": 0.031}); `capture_time` is copied from
+    the frame so the writer can measure end-to-end latency.
+    """
+
+    KIND: ClassVar[MessageKind] = MessageKind.MASK
+    job_id: str
+    index: int
+    mask: np.ndarray
+    pts: float | None
+    capture_time: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_image(self.mask, "mask", channels=None)
+
+    @property
+    def payload(self) -> np.ndarray:
+        return self.mask
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "index": self.index,
+            "pts": self.pts,
+            "capture_time": self.capture_time,
+            "timings": self.timings,
+        }
+
+    @classmethod
+    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> MaskMessage:
+        if payload is None:
+            raise MessageError("mask: missing mask payload")
+        timings = h.mapping("timings")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in timings.values()):
+            raise MessageError(f"mask: field 'timings' must map names to seconds, got {timings!r}")
+        return cls(
+            job_id=h.text("job_id"),
+            index=h.integer("index"),
+            mask=payload,
+            pts=h.maybe_number("pts"),
+            capture_time=h.number("capture_time"),
+            timings={k: float(v) for k, v in timings.items()},
+        )
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """No more frames for this job. `frames_total` frames were produced, `frames_sent` of them sent and
+    `frames_dropped` dropped (live), so the receiver can check it got every frame that was sent."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.END_OF_STREAM
+    job_id: str
+    frames_total: int
+    frames_sent: int
+    frames_dropped: int = 0
+    payload: ClassVar[None] = None
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "frames_total": self.frames_total,
+            "frames_sent": self.frames_sent,
+            "frames_dropped": self.frames_dropped,
+        }
+
+    @classmethod
+    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> EndOfStream:
+        return cls(
+            job_id=h.text("job_id"),
+            frames_total=h.integer("frames_total"),
+            frames_sent=h.integer("frames_sent"),
+            frames_dropped=h.integer("frames_dropped"),
+        )
+
+
+@dataclass(frozen=True)
+class EndAck:
+    """The worker's answer to `EndOfStream`: every frame before it was received and handed over.
+    `complete` is False when fewer frames arrived than the sender says it sent."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.END_ACK
+    job_id: str
+    frames_received: int
+    complete: bool
+    payload: ClassVar[None] = None
+
+    def header(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "frames_received": self.frames_received, "complete": self.complete}
+
+    @classmethod
+    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> EndAck:
+        return cls(
+            job_id=h.text("job_id"), frames_received=h.integer("frames_received"), complete=h.flag("complete")
+        )
+
+
+@dataclass(frozen=True)
+class Credit:
+    """Flow control: the worker allows the job's sender `credits` more frames in flight."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.CREDIT
+    job_id: str
+    credits: int
+    payload: ClassVar[None] = None
+
+    def header(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "credits": self.credits}
+
+    @classmethod
+    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> Credit:
+        return cls(job_id=h.text("job_id"), credits=h.integer("credits", minimum=1))
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Stop this job now: receivers drop its state; no acknowledgement is expected."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.CANCEL
+    job_id: str
+    reason: str = "cancelled"
+    payload: ClassVar[None] = None
+
+    def header(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "reason": self.reason}
+
+    @classmethod
+    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> Cancel:
+        return cls(job_id=h.text("job_id"), reason=h.text("reason"))
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Stop the receiving process; `drain` asks it to finish the jobs it holds first."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.SHUTDOWN
+    reason: str = "shutdown"
+    drain: bool = True
+    payload: ClassVar[None] = None
+
+    def header(self) -> dict[str, Any]:
+        return {"reason": self.reason, "drain": self.drain}
+
+    @classmethod
+    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> Shutdown:
+        return cls(reason=h.text("reason"), drain=h.flag("drain"))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Per-job counters for the status hash (streamer/jobs.py): frames done, dropped, rate, latency."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.PROGRESS
+    job_id: str
+    frames_done: int
+    frames_dropped: int = 0
+    fps: float = 0.0
+    latency_s: float | None = None
+    payload: ClassVar[None] = None
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "frames_done": self.frames_done,
+            "frames_dropped": self.frames_dropped,
+            "fps": self.fps,
+            "latency_s": self.latency_s,
+        }
+
+    @classmethod
+    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> Progress:
+        return cls(
+            job_id=h.text("job_id"),
+            frames_done=h.integer("frames_done"),
+            frames_dropped=h.integer("frames_dropped"),
+            fps=h.number("fps"),
+            latency_s=h.maybe_number("latency_s"),
+        )
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A process is alive; `sent_at` is its wall clock (Unix seconds), `jobs` the job ids it holds."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.HEARTBEAT
+    process: str
+    sent_at: float
+    jobs: tuple[str, ...] = ()
+    payload: ClassVar[None] = None
+
+    def header(self) -> dict[str, Any]:
+        return {"process": self.process, "sent_at": self.sent_at, "jobs": list(self.jobs)}
+
+    @classmethod
+    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> Heartbeat:
+        jobs = h.data.get("jobs", [])
+        if not isinstance(jobs, list) or not all(isinstance(j, str) for j in jobs):
+            raise MessageError(f"heartbeat: field 'jobs' must be a list of job ids, got {jobs!r}")
+        return cls(process=h.text("process"), sent_at=h.number("sent_at"), jobs=tuple(jobs))
+
+
+@dataclass(frozen=True)
+class ErrorMessage:
+    """A failure to report: `job_id` is None for process-wide errors; `code` is a short stable name."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.ERROR
+    code: str
+    message: str
+    job_id: str | None = None
+    payload: ClassVar[None] = None
+
+    def header(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "job_id": self.job_id}
+
+    @classmethod
+    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> ErrorMessage:
+        return cls(code=h.text("code"), message=h.text("message"), job_id=h.maybe_text("job_id"))
+
+
+Message = Union[
+    JobStart,
+    FrameMessage,
+    MaskMessage,
+    EndOfStream,
+    EndAck,
+    Credit,
+    Cancel,
+    Shutdown,
+    Progress,
+    Heartbeat,
+    ErrorMessage,
+]
+
+_CLASSES: dict[MessageKind, type[Message]] = {
+    cls.KIND: cls
+    for cls in (
+        JobStart,
+        FrameMessage,
+        MaskMessage,
+        EndOfStream,
+        EndAck,
+        Credit,
+        Cancel,
+        Shutdown,
+        Progress,
+        Heartbeat,
+        ErrorMessage,
+    )
+}
+
+_PAYLOAD_KINDS = frozenset({MessageKind.JOB_START, MessageKind.FRAME, MessageKind.MASK})
+
+WirePart = Union[bytes, memoryview, np.ndarray]
+"""What `encode` returns and ``send_multipart(copy=False)`` accepts."""
+
+
+def encode(message: Message) -> list[WirePart]:
+    """The multipart parts of `message`; the array part is the array itself (no copy) when contiguous."""
+    header = {"v": PROTOCOL_VERSION, **message.header()}
+    payload = message.payload
+    if payload is None:
+        return [message.KIND.value.encode(), json.dumps(header, separators=(",", ":")).encode()]
+    array = np.ascontiguousarray(payload)
+    header["shape"] = list(array.shape)
+    header["dtype"] = array.dtype.name
+    return [message.KIND.value.encode(), json.dumps(header, separators=(",", ":")).encode(), array]
+
+
+def _buffer(part: zmq.Frame | bytes | memoryview) -> memoryview:
+    return part.buffer if isinstance(part, zmq.Frame) else memoryview(part)
+
+
+def _decode_payload(kind: MessageKind, header: dict[str, Any], part: zmq.Frame | bytes) -> np.ndarray:
+    shape, dtype = header.get("shape"), header.get("dtype")
+    if (
+        not isinstance(shape, list)
+        or not 2 <= len(shape) <= 3
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+    ):
+        raise MessageError(f"{kind.value}: header 'shape' must list 2 or 3 positive sizes, got {shape!r}")
+    if dtype not in PAYLOAD_DTYPES:
+        raise MessageError(f"{kind.value}: header 'dtype' must be one of {sorted(PAYLOAD_DTYPES)}, got {dtype!r}")
+    buffer = _buffer(part)
+    expected = math.prod(shape) * np.dtype(dtype).itemsize
+    if buffer.nbytes != expected:
+        raise MessageError(
+            f"{kind.value}: payload has {buffer.nbytes} bytes, shape {shape} of {dtype} needs {expected}"
+        )
+    array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    array.flags.writeable = False
+    return array
+
+
+def decode(parts: Sequence[zmq.Frame | bytes]) -> Message:
+    """Decode the parts of one message (after any routing identity was removed).
+
+    Accepts ``zmq.Frame`` parts from ``recv_multipart(copy=False)`` so the payload is not copied.
+    Raises `MessageError` for anything malformed, never another exception.
+    """
+    if len(parts) not in (2, 3):
+        raise MessageError(f"expected 2 or 3 message parts (kind, header[, payload]), got {len(parts)}")
+    raw_kind = bytes(_buffer(parts[0]))
+    try:
+        kind = MessageKind(raw_kind.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise MessageError(f"unknown message kind {raw_kind[:40]!r}") from None
+    header_buffer = _buffer(parts[1])
+    if header_buffer.nbytes > MAX_HEADER_BYTES:
+        raise MessageError(f"{kind.value}: header of {header_buffer.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        data = json.loads(bytes(header_buffer).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageError(f"{kind.value}: header is not UTF-8 JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise MessageError(f"{kind.value}: header must be a JSON object, got {type(data).__name__}")
+    if data.get("v") != PROTOCOL_VERSION:
+        raise MessageError(f"{kind.value}: protocol version {data.get('v')!r}, this build speaks {PROTOCOL_VERSION}")
+    payload = _decode_payload(kind, data, parts[2]) if len(parts) == 3 else None
+    if payload is not None and kind not in _PAYLOAD_KINDS:
+        raise MessageError(f"{kind.value}: this kind carries no payload, got a third part")
+    cls = _CLASSES[kind]
+    return cls.from_wire(_Header(kind, data), payload)
