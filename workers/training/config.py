@@ -27,6 +27,9 @@ class StageConfig:
         name: "0", "1", "2" or "3"; used in checkpoint names (e.g. "s03").
         source: where clips come from. "static" = images with masks deformed into short sequences,
             "synthetic" = the procedural video generator, "video" = DAVIS / YouTube-VOS.
+        fallback_source: used instead when the run gives no data folder for ``source`` (None = that is an
+            error). Stage 0 falls back to synthetic stills, stage 2 to synthetic video; stage 3, the real-video
+            fine-tuning, has no fallback.
         batch_size: clips per optimiser step summed over all ranks (divided by the world size).
         iterations: optimiser steps with full augmentation.
         finetune_iterations: extra steps at the end with the per-frame affine augmentation switched off,
@@ -45,6 +48,7 @@ class StageConfig:
 
     name: str
     source: DataSource
+    fallback_source: DataSource | None
     batch_size: int
     iterations: int
     finetune_iterations: int
@@ -94,21 +98,25 @@ class StageConfig:
 # XMem's published defaults (util/configuration.py and train.py of hkchengrex/XMem).
 DEFAULT_STAGES: dict[str, StageConfig] = {
     "0": StageConfig(
-        name="0", source="static", batch_size=16, iterations=150_000, finetune_iterations=0, lr=1e-5,
+        name="0", source="static", fallback_source="synthetic", batch_size=16, iterations=150_000,
+        finetune_iterations=0, lr=1e-5,
         lr_steps=(), num_frames=3, num_ref_frames=2, bootstrap_start=20_000, bootstrap_end=70_000, max_objects=1,
     ),
     "1": StageConfig(
-        name="1", source="synthetic", batch_size=8, iterations=250_000, finetune_iterations=0, lr=1e-5,
+        name="1", source="synthetic", fallback_source=None, batch_size=8, iterations=250_000,
+        finetune_iterations=0, lr=1e-5,
         lr_steps=(200_000,), num_frames=8, num_ref_frames=3, bootstrap_start=20_000, bootstrap_end=70_000,
         skip_schedule=((0.1, 10), (0.3, 15), (0.8, 5)),
     ),
     "2": StageConfig(
-        name="2", source="video", batch_size=8, iterations=150_000, finetune_iterations=10_000, lr=1e-5,
+        name="2", source="video", fallback_source="synthetic", batch_size=8, iterations=150_000,
+        finetune_iterations=10_000, lr=1e-5,
         lr_steps=(120_000,), num_frames=8, num_ref_frames=3, bootstrap_start=20_000, bootstrap_end=70_000,
         skip_schedule=((0.1, 10), (0.3, 15), (0.9, 5)),
     ),
     "3": StageConfig(
-        name="3", source="video", batch_size=8, iterations=100_000, finetune_iterations=10_000, lr=1e-5,
+        name="3", source="video", fallback_source=None, batch_size=8, iterations=100_000,
+        finetune_iterations=10_000, lr=1e-5,
         lr_steps=(80_000,), num_frames=8, num_ref_frames=3, bootstrap_start=20_000, bootstrap_end=70_000,
         skip_schedule=((0.1, 10), (0.3, 15), (0.9, 5)),
     ),
@@ -153,6 +161,8 @@ class TrainConfig:
         clip_grad_norm: gradients are clipped to this global L2 norm (0 = no clipping). XMem does not clip;
             this only guards the short, noisy runs of small batches on CPU.
         deep_update_prob: chance that a memory frame deep-updates the sensory memory through the value encoder.
+        train_batchnorm: update BatchNorm statistics while training. XMem keeps them frozen (the network stays
+            in eval mode), which suits pretrained trunks and small per-GPU batches.
         log_every: iterations between log lines / CSV rows (averaged over the interval).
         save_every: iterations between checkpoints (each stage also saves at its end).
         seed: base random seed; ranks, stages and resumes derive their own seeds from it.
@@ -185,6 +195,7 @@ class TrainConfig:
     gamma: float = 0.1
     clip_grad_norm: float = 3.0
     deep_update_prob: float = 0.2
+    train_batchnorm: bool = False
     log_every: int = 100
     save_every: int = 25_000
     seed: int = 14159265
@@ -214,6 +225,36 @@ class TrainConfig:
         return stage
 
     def to_dict(self) -> dict[str, object]:
-        """A plain, printable form (paths as strings) for logs and the training-state file."""
-        return {key: (str(value) if isinstance(value, Path) else value)
-                for key, value in dataclasses.asdict(self).items() if key != "stage_overrides"}
+        """A JSON-ready form (paths as strings, tuples as lists); ``from_dict`` reverses it."""
+        plain: dict[str, object] = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.name == "stage_overrides":
+                value = {name: dataclasses.asdict(stage) for name, stage in value.items()}
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            plain[item.name] = value
+        return plain
+
+    @classmethod
+    def from_dict(cls, plain: dict[str, object]) -> TrainConfig:
+        """Rebuild a config written by ``to_dict`` (used to hand a run to torch.distributed.run)."""
+        values = dict(plain)
+        for name in PATH_FIELDS:
+            if values.get(name) is not None:
+                values[name] = Path(values[name])
+        for name in TUPLE_FIELDS:
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
+        values["stage_overrides"] = {
+            name: StageConfig(**{**stage, "lr_steps": tuple(stage["lr_steps"]),
+                                 "skip_schedule": tuple(tuple(pair) for pair in stage["skip_schedule"])})
+            for name, stage in dict(values.get("stage_overrides") or {}).items()
+        }
+        return cls(**values)
+
+
+PATH_FIELDS = ("output_dir", "load_network", "davis_root", "yv_root", "static_root")
+TUPLE_FIELDS = ("davis_include", "held_out")
