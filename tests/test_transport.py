@@ -1,0 +1,336 @@
+"""streamer/transport.py across real processes: lossless backpressure, live drops, routing, EOS handshake."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from streamer.messages import (
+    Cancel,
+    EndOfStream,
+    FrameMessage,
+    JobStart,
+    MaskMessage,
+    Shutdown,
+    encode,
+)
+from streamer.transport import (
+    FrameInbox,
+    FrameSender,
+    JobRejected,
+    LiveDropPolicy,
+    PeerTimeout,
+    QueueSettings,
+    ResultCollector,
+    ResultSender,
+    SendCancelled,
+    SendOutcome,
+    send_control,
+)
+
+from conftest import SPAWN
+
+WAIT_S = 20.0
+"""Upper bound for any blocking wait in these tests; only reached when something is broken."""
+
+SHAPE = (96, 128, 3)
+
+
+def _image(job_id: str, index: int) -> np.ndarray:
+    """Pixels that identify the job and the frame, so a mixed-up or corrupted frame is detected."""
+    seed = sum(job_id.encode()) * 100_003 + index
+    return np.random.default_rng(seed).integers(0, 256, size=SHAPE, dtype=np.uint8)
+
+
+def _frame(job_id: str, index: int) -> FrameMessage:
+    return FrameMessage(
+        job_id=job_id,
+        index=index,
+        image=_image(job_id, index),
+        pts=index / 30,
+        capture_time=time.time(),
+        source_size=(SHAPE[1] * 2, SHAPE[0] * 2),
+    )
+
+
+def _endpoint(directory: Path, name: str) -> str:
+    return f"ipc://{directory}/{name}.sock"
+
+
+def run_worker(
+    endpoint: str,
+    writer_endpoint: str | None,
+    queues: QueueSettings,
+    delay_s: float,
+    pause_after_accept_s: float,
+    reports: multiprocessing.Queue,
+) -> None:
+    """A worker process: accepts jobs, checks every frame's pixels, optionally forwards masks to a writer.
+
+    A drain-style Shutdown: it arrives on its own socket, so messages of other peers may still be queued;
+    the worker leaves once it holds no job and the socket is idle.
+    """
+    context = zmq.Context()
+    inbox = FrameInbox(context, endpoint, queues)
+    results = ResultSender(context, writer_endpoint, queues) if writer_endpoint else None
+    seen: dict[str, list[int]] = {}
+    corrupt: list[tuple[str, int]] = []
+    zero_copy = True
+    deadline = time.monotonic() + WAIT_S
+    draining, message = False, None
+    while time.monotonic() < deadline and not (draining and message is None and not inbox.jobs):
+        message = inbox.receive(timeout_s=0.2)
+        if isinstance(message, Shutdown):
+            draining = True  # other peers' messages may still be queued: leave once no job is held
+        elif isinstance(message, JobStart):
+            if message.job_id.startswith("refuse"):
+                inbox.reject(message, "worker is full")
+                continue
+            inbox.accept(message)
+            seen[message.job_id] = []
+            time.sleep(pause_after_accept_s)
+        elif isinstance(message, FrameMessage):
+            seen[message.job_id].append(message.index)
+            if not np.array_equal(message.image, _image(message.job_id, message.index)):
+                corrupt.append((message.job_id, message.index))
+            zero_copy &= not message.image.flags.owndata
+            time.sleep(delay_s)
+        if results is not None and message is not None:
+            if isinstance(message, FrameMessage):
+                mask = (message.image[..., 0] % 7).astype(np.uint8)
+                results.send(
+                    MaskMessage(
+                        job_id=message.job_id,
+                        index=message.index,
+                        mask=mask,
+                        pts=message.pts,
+                        capture_time=message.capture_time,
+                        timings={"step": delay_s},
+                    )
+                )
+            else:
+                results.send(message)
+    reports.put({"seen": seen, "corrupt": corrupt, "rejected": inbox.stats.rejected, "zero_copy": zero_copy})
+    if results is not None:
+        results.close()
+    inbox.close()
+    context.destroy(linger=0)
+
+
+def run_decoder(endpoint: str, job_id: str, frames: int, queues: QueueSettings, reports: multiprocessing.Queue) -> None:
+    """A decoder process: sends `frames` frames of one lossless job and reports the end acknowledgement."""
+    context = zmq.Context()
+    with FrameSender(context, endpoint, job_id, live=False, queues=queues, peer_timeout_s=WAIT_S) as sender:
+        sender.open(JobStart(job_id=job_id, live=False, source_size=(256, 192)), timeout_s=WAIT_S)
+        for index in range(frames):
+            sender.send_frame(_frame(job_id, index))
+        ack = sender.finish(timeout_s=WAIT_S)
+    reports.put({"job_id": job_id, "ack": (ack.frames_received, ack.complete)})
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def context() -> Any:
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+def _report(reports: multiprocessing.Queue) -> dict[str, Any]:
+    return reports.get(timeout=WAIT_S)
+
+
+def test_lossless_pipeline_delivers_every_frame_once_in_order(ipc_dir: Path, start_process, context) -> None:
+    queues = QueueSettings(batch_frames=4, results_frames=4)
+    worker_endpoint, writer_endpoint = _endpoint(ipc_dir, "w0"), _endpoint(ipc_dir, "writer")
+    collector = ResultCollector(context, writer_endpoint, queues)
+    reports = SPAWN.Queue()
+    start_process(run_worker, worker_endpoint, writer_endpoint, queues, 0.005, 0.0, reports)
+    start_process(run_decoder, worker_endpoint, "job-a", 40, queues, reports)
+
+    received: list[Any] = []
+    while not (received and isinstance(received[-1], EndOfStream)):
+        message = collector.receive(timeout_s=WAIT_S)
+        assert message is not None, "writer side timed out"
+        received.append(message)
+    assert isinstance(received[0], JobStart)
+    masks = received[1:-1]
+    assert [m.index for m in masks] == list(range(40))
+    for mask in masks:
+        np.testing.assert_array_equal(mask.mask, _image("job-a", mask.index)[..., 0] % 7)
+    assert received[-1].frames_sent == 40
+    assert _report(reports) == {"job_id": "job-a", "ack": (40, True)}
+
+    assert send_control(context, worker_endpoint, Shutdown(reason="test"))
+    worker = _report(reports)
+    assert worker["seen"] == {"job-a": list(range(40))}
+    assert worker["corrupt"] == [] and worker["zero_copy"]
+    collector.close()
+
+
+def test_lossless_sender_stops_after_its_window_when_the_worker_stalls(ipc_dir: Path, start_process, context) -> None:
+    queues = QueueSettings(batch_frames=3)
+    endpoint = _endpoint(ipc_dir, "w0")
+    reports = SPAWN.Queue()
+    start_process(run_worker, endpoint, None, queues, 0.0, 2.0, reports)
+    with FrameSender(context, endpoint, "job-a", live=False, queues=queues, peer_timeout_s=0.5) as sender:
+        sender.open(JobStart(job_id="job-a", live=False, source_size=(256, 192)), timeout_s=WAIT_S)
+        for index in range(3):
+            assert sender.send_frame(_frame("job-a", index)) is SendOutcome.SENT
+        with pytest.raises(PeerTimeout, match="no room at the worker"):
+            sender.send_frame(_frame("job-a", 3))
+        assert (sender.stats.sent, sender.stats.produced) == (3, 3)
+        # A timed-out send can be retried: once the worker resumes, the frame goes through, nothing lost.
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                assert sender.send_frame(_frame("job-a", 3)) is SendOutcome.SENT
+                break
+            except PeerTimeout:
+                continue
+        ack = sender.finish(timeout_s=WAIT_S)
+    assert (ack.frames_received, ack.complete) == (4, True)
+    assert send_control(context, endpoint, Shutdown(reason="test"))
+    assert _report(reports)["seen"] == {"job-a": [0, 1, 2, 3]}
+
+
+def test_lossless_wait_notices_cancel(ipc_dir: Path, start_process, context) -> None:
+    queues = QueueSettings(batch_frames=2)
+    endpoint = _endpoint(ipc_dir, "w0")
+    reports = SPAWN.Queue()
+    start_process(run_worker, endpoint, None, queues, 0.0, 3.0, reports)
+    cancel_at = time.monotonic() + 0.5
+    with FrameSender(
+        context, endpoint, "job-a", live=False, queues=queues, should_stop=lambda: time.monotonic() > cancel_at
+    ) as sender:
+        sender.open(JobStart(job_id="job-a", live=False, source_size=(256, 192)), timeout_s=WAIT_S)
+        sender.send_frame(_frame("job-a", 0))
+        sender.send_frame(_frame("job-a", 1))
+        with pytest.raises(SendCancelled):
+            sender.send_frame(_frame("job-a", 2))
+        sender.cancel("user asked")
+    assert send_control(context, endpoint, Shutdown(reason="test"))
+    assert _report(reports)["seen"] == {"job-a": [0, 1]}
+
+
+@pytest.mark.parametrize("policy", [LiveDropPolicy.DROP_OLDEST, LiveDropPolicy.DROP_NEWEST])
+def test_live_sender_drops_without_blocking_and_counts_exactly(
+    ipc_dir: Path, start_process, context, policy: LiveDropPolicy
+) -> None:
+    queues = QueueSettings(live_frames=1, live_policy=policy)
+    endpoint = _endpoint(ipc_dir, "w0")
+    reports = SPAWN.Queue()
+    start_process(run_worker, endpoint, None, queues, 0.03, 0.0, reports)
+    total = 60
+    with FrameSender(context, endpoint, "cam", live=True, queues=queues) as sender:
+        sender.open(JobStart(job_id="cam", live=True, source_size=(256, 192)), timeout_s=WAIT_S)
+        for index in range(total):
+            sender.send_frame(_frame("cam", index))
+            time.sleep(0.004)
+        ack = sender.finish(timeout_s=WAIT_S)
+        stats = sender.stats
+    assert send_control(context, endpoint, Shutdown(reason="test"))
+    seen = _report(reports)["seen"]["cam"]
+
+    assert stats.produced == total
+    assert stats.sent + stats.dropped == total
+    assert stats.dropped > 0, "a consumer 7x slower than the source must cause drops"
+    assert (ack.frames_received, ack.complete) == (len(seen), True)
+    assert len(seen) == stats.sent
+    assert seen == sorted(set(seen)), "frames arrive once each, in order"
+    if policy is LiveDropPolicy.DROP_OLDEST:
+        assert seen[-1] == total - 1, "the newest frame is kept"
+
+
+def test_frames_of_each_job_reach_only_their_worker(ipc_dir: Path, start_process) -> None:
+    queues = QueueSettings(batch_frames=2)
+    w0, w1 = _endpoint(ipc_dir, "w0"), _endpoint(ipc_dir, "w1")
+    worker_reports, decoder_reports = SPAWN.Queue(), SPAWN.Queue()
+    start_process(run_worker, w0, None, queues, 0.002, 0.0, worker_reports)
+    start_process(run_worker, w1, None, queues, 0.002, 0.0, worker_reports)
+    assignments = {"alpha": w0, "beta": w1, "gamma": w0}
+    for job_id, endpoint in assignments.items():
+        start_process(run_decoder, endpoint, job_id, 25, queues, decoder_reports)
+    acks = {r["job_id"]: r["ack"] for r in (_report(decoder_reports) for _ in assignments)}
+    assert acks == {job_id: (25, True) for job_id in assignments}
+
+    context = zmq.Context()
+    try:
+        assert send_control(context, w0, Shutdown(reason="test"))
+        assert send_control(context, w1, Shutdown(reason="test"))
+    finally:
+        context.destroy(linger=0)
+    by_jobs = {}
+    for _ in range(2):
+        report = _report(worker_reports)
+        assert report["corrupt"] == []
+        by_jobs[tuple(sorted(report["seen"]))] = report["seen"]
+    assert set(by_jobs) == {("alpha", "gamma"), ("beta",)}
+    for seen in by_jobs.values():
+        for indices in seen.values():
+            assert indices == list(range(25))
+
+
+def test_malformed_messages_are_rejected_and_the_worker_keeps_serving(ipc_dir: Path, start_process, context) -> None:
+    queues = QueueSettings(batch_frames=2)
+    endpoint = _endpoint(ipc_dir, "w0")
+    reports = SPAWN.Queue()
+    start_process(run_worker, endpoint, None, queues, 0.0, 0.0, reports)
+
+    with FrameSender(context, endpoint, "job-a", live=False, queues=queues) as sender:
+        sender.open(JobStart(job_id="job-a", live=False, source_size=(256, 192)), timeout_s=WAIT_S)
+        rogue = context.socket(zmq.DEALER)
+        rogue.setsockopt(zmq.IDENTITY, b"rogue")
+        rogue.connect(endpoint)
+        rogue.send_multipart([b"\x00garbage"])
+        rogue.send_multipart([b"frame", b"{not json", b"xx"])
+        rogue.send_multipart(encode(_frame("rogue", 0)))  # a frame for a job the worker never accepted
+        rogue.send_multipart(encode(_frame("someone-else", 0)))  # a job id that is not the sender's
+        rogue.send_multipart(encode(Cancel(job_id="rogue")))
+        for index in range(5):
+            sender.send_frame(_frame("job-a", index))
+        ack = sender.finish(timeout_s=WAIT_S)
+    assert (ack.frames_received, ack.complete) == (5, True)
+    assert send_control(context, endpoint, Shutdown(reason="test"))
+    report = _report(reports)
+    assert report["rejected"] == 5
+    assert report["seen"] == {"job-a": list(range(5))}
+    rogue.close(linger=0)
+
+
+def test_refused_job_and_absent_worker_fail_clearly(ipc_dir: Path, start_process, context) -> None:
+    queues = QueueSettings()
+    endpoint = _endpoint(ipc_dir, "w0")
+    with FrameSender(context, endpoint, "job-x", live=False, queues=queues) as sender:
+        with pytest.raises(PeerTimeout, match="not reachable"):
+            sender.open(JobStart(job_id="job-x", live=False, source_size=(8, 8)), timeout_s=0.3)
+
+    reports = SPAWN.Queue()
+    start_process(run_worker, endpoint, None, queues, 0.0, 0.0, reports)
+    with FrameSender(context, endpoint, "refuse-me", live=False, queues=queues) as sender:
+        with pytest.raises(JobRejected, match="worker is full"):
+            sender.open(JobStart(job_id="refuse-me", live=False, source_size=(8, 8)), timeout_s=WAIT_S)
+    assert send_control(context, endpoint, Shutdown(reason="test"))
+    assert _report(reports)["seen"] == {}
+
+
+def test_collector_skips_malformed_results(ipc_dir: Path, context) -> None:
+    queues = QueueSettings()
+    collector = ResultCollector(context, _endpoint(ipc_dir, "writer"), queues)
+    push = context.socket(zmq.PUSH)
+    push.connect(collector.endpoint)
+    push.send_multipart([b"mask", b"{}"])
+    good = MaskMessage(job_id="j", index=0, mask=np.ones((4, 4), np.uint8), pts=None, capture_time=1.0)
+    push.send_multipart(encode(good))
+    got = collector.receive(timeout_s=WAIT_S)
+    assert isinstance(got, MaskMessage) and got.index == 0
+    assert collector.rejected == 1
+    assert collector.receive(timeout_s=0.1) is None
+    push.close(linger=0)
+    collector.close()
