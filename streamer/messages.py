@@ -397,6 +397,8 @@ class Progress:
     frames_dropped: int = 0
     fps: float = 0.0
     latency_s: float | None = None
+    frames_total: int | None = None
+    """Frames the source is expected to have (decoder, when the container says); None when unknown or live."""
     payload: ClassVar[None] = None
 
     def header(self) -> dict[str, Any]:
@@ -406,6 +408,7 @@ class Progress:
             "frames_dropped": self.frames_dropped,
             "fps": self.fps,
             "latency_s": self.latency_s,
+            "frames_total": self.frames_total,
         }
 
     @classmethod
@@ -416,6 +419,7 @@ class Progress:
             frames_dropped=h.integer("frames_dropped"),
             fps=h.number("fps"),
             latency_s=h.maybe_number("latency_s"),
+            frames_total=None if h.data.get("frames_total") is None else h.integer("frames_total"),
         )
 
 
