@@ -84,7 +84,8 @@ def anisotropic_similarity(
 ) -> torch.Tensor:
     """XMem's similarity -sum_c e_q (k_m - k_q)^2 * s_m / sqrt(Ck): (B,Ck,M), (B,1,M), (B,Ck,P), (B,Ck,P) -> (B,M,P).
 
-    TEMPORARY until workers/xmem/similarity.py lands.
+    The square is expanded into three matrix products so no (Ck, M, P) tensor is formed; batched over clips.
+    Must agree with the inference readout's similarity (workers/xmem/similarity.py).
     """
     scale = memory_key.shape[1] ** -0.5
     memory_term = (memory_key.pow(2).transpose(1, 2)) @ query_selection
