@@ -1,0 +1,504 @@
+"""Jobs in Redis: one status hash per job, a Redis Stream with a consumer group as the queue.
+
+The status hash ``<prefix>:job:<id>`` is the one record of a job (`JobRecord`). The stream only carries
+job ids to deliver; an entry is acknowledged and deleted in the same server-side script that moves the
+job to a final state, so the queue and the record cannot disagree.
+
+Delivery is at least once. A consumer (one per worker process; names must be unique per process
+incarnation, e.g. ``f"{host}-{device}-{pid}"``) takes work with `JobQueue.claim`, which
+
+1. re-takes entries that another consumer left idle longer than ``visibility_timeout_s`` (XAUTOCLAIM):
+   that consumer died, so the job restarts from the beginning with ``attempts`` one higher; an entry
+   delivered more than ``max_attempts`` times goes to the dead-letter stream and its job fails with
+   the reason instead;
+2. otherwise reads a new entry (XREADGROUP), skipping jobs cancelled while they waited.
+
+While it runs a job the holder calls `JobQueue.heartbeat` every ``heartbeat_interval_s`` (well under
+the visibility timeout). The heartbeat resets the entry's idle time (XCLAIM JUSTID, which does not
+count as a delivery), refreshes the consumer's TTL key, stores progress, and answers whether the job
+was cancelled or lost (re-taken by another consumer after this one stalled). A dead consumer is thus
+detected after ``visibility_timeout_s`` (seconds), not after a job timeout (hours).
+
+State changes are idempotent and checked in Redis (Lua scripts): see `TRANSITIONS`. A job leaves a
+final state never; a holder whose lease was lost cannot finish the job for the new holder.
+
+Wiring in the worker process::
+
+    queue = JobQueue(redis.Redis.from_url(url, decode_responses=True), keys=KeyNames(prefix), ...)
+    claim = queue.claim(consumer, block_s=1.0)          # None when idle
+    ... every heartbeat_interval_s while decoding/segmenting:
+        status = queue.heartbeat(claim, JobProgress(frames_done=..., fps=..., dropped_frames=...))
+        CANCEL_REQUESTED -> stop the decoder, queue.finish(claim, JobState.CANCELLED)
+        LOST             -> stop without finishing; the new holder owns the job
+    queue.finish(claim, JobState.DONE, outputs={...})   # or FAILED with error=...
+
+The CLI uses `submit`, `get`, `list_jobs`, `cancel` and `dead_letters` on the same class.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
+
+
+class JobState(str, Enum):
+    """Where a job is in its life; DONE, FAILED and CANCELLED are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.RUNNING: frozenset({JobState.RUNNING, JobState.DONE, JobState.FAILED, JobState.CANCELLED}),
+    JobState.DONE: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+"""Allowed moves. RUNNING -> RUNNING is a re-take by another consumer after the holder died."""
+
+
+@dataclass(frozen=True)
+class KeyNames:
+    """Every Redis key and name the daemon uses, derived from one prefix."""
+
+    prefix: str = "vosd"
+
+    @property
+    def queue(self) -> str:
+        return f"{self.prefix}:queue"
+
+    @property
+    def group(self) -> str:
+        return f"{self.prefix}:workers"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}:dead-letters"
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def consumer(self, name: str) -> str:
+        return f"{self.prefix}:consumer:{name}"
+
+
+class JobRecord(BaseModel):
+    """The status hash of one job, typed. Times are Unix seconds."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(description="Job id, unique; also the decoder's ZeroMQ identity.")
+    source: str = Field(description="File path, URL (rtsp://, http://) or camera index of the video.")
+    mask_path: str | None = Field(default=None, description="First-frame index mask PNG, if given.")
+    live: bool = Field(default=False, description="Live source: keep the newest frames and count drops.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Per-job overrides of XMem/writer options.")
+    outputs: dict[str, str] = Field(default_factory=dict, description="Output kind -> path, set when written.")
+    state: JobState = Field(default=JobState.QUEUED, description="Current state, see TRANSITIONS.")
+    frames_done: int = Field(default=0, description="Frames segmented so far.")
+    frames_total: int | None = Field(default=None, description="Frames in the source when known (files).")
+    fps: float = Field(default=0.0, description="Recent processing rate, frames per second.")
+    dropped_frames: int = Field(default=0, description="Frames dropped by the live policy so far.")
+    error: str | None = Field(default=None, description="Why the job failed, or who cancelled it.")
+    attempts: int = Field(default=0, description="Deliveries so far; 2 or more means a restart after a crash.")
+    cancel_requested: bool = Field(default=False, description="Set by cancel(); the holder stops within a heartbeat.")
+    created_at: float = Field(description="Submission time.")
+    started_at: float | None = Field(default=None, description="Start of the current attempt.")
+    finished_at: float | None = Field(default=None, description="When the job reached a final state.")
+    worker: str | None = Field(default=None, description="Consumer holding (or that last held) the job.")
+
+    def to_fields(self) -> dict[str, str]:
+        """Hash fields: JSON for the mappings, text for scalars, absent for None."""
+        fields: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            if isinstance(value, dict):
+                fields[name] = json.dumps(value)
+            elif isinstance(value, bool):
+                fields[name] = "1" if value else "0"
+            else:
+                fields[name] = str(value)
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> JobRecord:
+        data: dict[str, Any] = dict(fields)
+        for name in ("options", "outputs"):
+            if name in data:
+                data[name] = json.loads(data[name])
+        return cls.model_validate(data)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job delivered to a consumer; `attempt` identifies this delivery in every later call."""
+
+    job: JobRecord
+    entry_id: str
+    consumer: str
+    attempt: int
+
+    @property
+    def restarted(self) -> bool:
+        """True when an earlier attempt died: outputs must be rewritten from the first frame."""
+        return self.attempt > 1
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """Counters the holder reports with each heartbeat."""
+
+    frames_done: int
+    fps: float = 0.0
+    dropped_frames: int = 0
+    frames_total: int | None = None
+
+
+class HeartbeatStatus(str, Enum):
+    """What the holder of a job must do after a heartbeat."""
+
+    OK = "ok"
+    CANCEL_REQUESTED = "cancel_requested"
+    LOST = "lost"
+
+
+class JobNotFound(KeyError):
+    """No status hash for this job id."""
+
+
+# KEYS[1] job hash, KEYS[2] index, KEYS[3] queue. ARGV[1] job id, ARGV[2] created_at, ARGV[3..] fields.
+_SUBMIT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('XADD', KEYS[3], '*', 'job_id', ARGV[1])
+return 1
+"""
+
+# KEYS[1] job hash, KEYS[2] queue. ARGV[1] group, ARGV[2] entry id or '', ARGV[3] required attempt or '',
+# ARGV[4] comma-separated allowed current states, ARGV[5..] field/value pairs to set.
+# Returns 'ok', or the current state when the move is not allowed, or 'lost'/'missing'.
+_TRANSITION = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[3] then return 'lost' end
+local allowed = false
+for s in string.gmatch(ARGV[4], '[^,]+') do if s == state then allowed = true end end
+if not allowed then return state end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+if ARGV[2] ~= '' then
+  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[2], ARGV[2])
+end
+return 'ok'
+"""
+
+# KEYS[1] job hash, KEYS[2] queue, KEYS[3] consumer key. ARGV[1] group, ARGV[2] consumer, ARGV[3] entry id,
+# ARGV[4] attempt, ARGV[5] consumer key TTL ms, ARGV[6..] progress field/value pairs.
+_HEARTBEAT = """
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[4] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
+  return 'lost'
+end
+redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+if #ARGV >= 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 'cancel_requested' end
+return 'ok'
+"""
+
+# KEYS[1] job hash. ARGV[1] now. Returns the state after the call.
+_CANCEL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state == 'queued' then
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'cancel_requested', '1', 'finished_at', ARGV[1],
+             'error', 'cancelled while queued')
+  return 'cancelled'
+end
+if state == 'running' then redis.call('HSET', KEYS[1], 'cancel_requested', '1') end
+return state
+"""
+
+
+def _allowed_from(target: JobState) -> str:
+    return ",".join(state.value for state, moves in TRANSITIONS.items() if target in moves)
+
+
+class JobQueue:
+    """Submit, claim, heartbeat, finish, cancel and list jobs. See the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        keys: KeyNames | None = None,
+        visibility_timeout_s: float = 15.0,
+        max_attempts: int = 3,
+    ) -> None:
+        if not client.get_connection_kwargs().get("decode_responses"):
+            raise ValueError("JobQueue needs a Redis client created with decode_responses=True")
+        self.redis = client
+        self.keys = keys or KeyNames()
+        self.visibility_timeout_s = visibility_timeout_s
+        self.max_attempts = max_attempts
+        self._submit = client.register_script(_SUBMIT)
+        self._transition = client.register_script(_TRANSITION)
+        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._cancel = client.register_script(_CANCEL)
+        try:
+            client.xgroup_create(self.keys.queue, self.keys.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def submit(
+        self,
+        source: str,
+        *,
+        mask_path: str | None = None,
+        live: bool = False,
+        options: dict[str, Any] | None = None,
+        job_id: str | None = None,
+    ) -> JobRecord:
+        """Record a new job and queue it; raises ValueError if `job_id` is already taken."""
+        record = JobRecord(
+            id=job_id or uuid.uuid4().hex[:16],
+            source=source,
+            mask_path=mask_path,
+            live=live,
+            options=options or {},
+            created_at=time.time(),
+        )
+        pairs = [item for pair in record.to_fields().items() for item in pair]
+        keys = [self.keys.job(record.id), self.keys.index, self.keys.queue]
+        if not self._submit(keys=keys, args=[record.id, record.created_at, *pairs]):
+            raise ValueError(f"job id {record.id!r} already exists")
+        logger.info("job %s queued (source %s, live=%s)", record.id, source, live)
+        return record
+
+    def claim(self, consumer: str, *, block_s: float) -> Claim | None:
+        """The next job for `consumer`: an abandoned one first, else a new one; None after `block_s`."""
+        deadline = time.monotonic() + block_s
+        while True:
+            self._touch_consumer(consumer)
+            reclaimed = self._reclaim(consumer)
+            if reclaimed is not None:
+                return reclaimed
+            # Wake up often enough to notice entries that become abandoned while we wait.
+            wait_s = min(deadline - time.monotonic(), self.visibility_timeout_s / 2)
+            wait_ms = max(1, int(wait_s * 1000))
+            reply = self.redis.xreadgroup(
+                self.keys.group, consumer, {self.keys.queue: ">"}, count=1, block=wait_ms
+            )
+            if reply:
+                entry_id, fields = reply[0][1][0]
+                claim = self._start(consumer, entry_id, fields, attempt=1)
+                if claim is not None:
+                    return claim
+            if time.monotonic() >= deadline:
+                return None
+
+    def heartbeat(self, claim: Claim, progress: JobProgress | None = None) -> HeartbeatStatus:
+        """Keep the lease on a running job, store progress, and say whether to go on."""
+        fields: list[str] = []
+        if progress is not None:
+            fields = ["frames_done", str(progress.frames_done), "fps", f"{progress.fps:.3f}"]
+            fields += ["dropped_frames", str(progress.dropped_frames)]
+            if progress.frames_total is not None:
+                fields += ["frames_total", str(progress.frames_total)]
+        result = self._heartbeat(
+            keys=[self.keys.job(claim.job.id), self.keys.queue, self.keys.consumer(claim.consumer)],
+            args=[
+                self.keys.group,
+                claim.consumer,
+                claim.entry_id,
+                claim.attempt,
+                int(self.visibility_timeout_s * 1000),
+                *fields,
+            ],
+        )
+        return HeartbeatStatus(result)
+
+    def finish(
+        self,
+        claim: Claim,
+        state: JobState,
+        *,
+        error: str | None = None,
+        outputs: dict[str, str] | None = None,
+    ) -> bool:
+        """Move the claimed job to a final state and retire its queue entry; False if not allowed
+        (already final, or this holder lost the job to another consumer)."""
+        if not state.final:
+            raise ValueError(f"finish() takes a final state, not {state.value}")
+        fields = ["state", state.value, "finished_at", repr(time.time())]
+        if error is not None:
+            fields += ["error", error]
+        if outputs is not None:
+            fields += ["outputs", json.dumps(outputs)]
+        result = self._transition(
+            keys=[self.keys.job(claim.job.id), self.keys.queue],
+            args=[self.keys.group, claim.entry_id, claim.attempt, JobState.RUNNING.value, *fields],
+        )
+        if result != "ok":
+            logger.warning("job %s: not moved to %s (%s)", claim.job.id, state.value, result)
+        return result == "ok"
+
+    def cancel(self, job_id: str) -> JobState:
+        """Cancel a job: a queued one at once, a running one by flagging it for its holder."""
+        result = self._cancel(keys=[self.keys.job(job_id)], args=[repr(time.time())])
+        if result == "missing":
+            raise JobNotFound(job_id)
+        return JobState(result)
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        """One cheap read; decoders may call it per frame."""
+        return self.redis.hget(self.keys.job(job_id), "cancel_requested") == "1"
+
+    def get(self, job_id: str) -> JobRecord:
+        fields = self.redis.hgetall(self.keys.job(job_id))
+        if not fields:
+            raise JobNotFound(job_id)
+        return JobRecord.from_fields(fields)
+
+    def list_jobs(self, *, limit: int = 50, offset: int = 0) -> list[JobRecord]:
+        """Jobs newest first, for `vosd jobs`."""
+        ids = self.redis.zrevrange(self.keys.index, offset, offset + limit - 1)
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(self.keys.job(job_id))
+        return [JobRecord.from_fields(fields) for fields in pipe.execute() if fields]
+
+    def dead_letters(self, *, count: int = 100) -> list[dict[str, str]]:
+        """Entries that exhausted their attempts, oldest first: job_id, reason, deliveries, consumer."""
+        return [fields for _, fields in self.redis.xrange(self.keys.dead_letters, count=count)]
+
+    def live_consumers(self) -> list[str]:
+        """Consumers whose heartbeat key has not expired."""
+        prefix = self.keys.consumer("")
+        return sorted(key.removeprefix(prefix) for key in self.redis.scan_iter(match=f"{prefix}*"))
+
+    def _touch_consumer(self, consumer: str) -> None:
+        self.redis.set(self.keys.consumer(consumer), "idle", px=int(self.visibility_timeout_s * 1000))
+
+    def _reclaim(self, consumer: str) -> Claim | None:
+        """Take over the first entry idle longer than the visibility timeout, dead-lettering exhausted ones."""
+        min_idle_ms = int(self.visibility_timeout_s * 1000)
+        cursor = "0-0"
+        while True:
+            reply = self.redis.xautoclaim(self.keys.queue, self.keys.group, consumer, min_idle_ms, cursor, count=10)
+            cursor, entries = reply[0], reply[1]
+            for entry_id, fields in entries:
+                deliveries = self._deliveries(entry_id)
+                if deliveries > self.max_attempts:
+                    self._dead_letter(entry_id, fields, deliveries, consumer)
+                    continue
+                claim = self._start(consumer, entry_id, fields, attempt=deliveries)
+                if claim is not None:
+                    logger.warning("job %s: re-taken by %s, attempt %d", claim.job.id, consumer, deliveries)
+                    return claim
+            if cursor == "0-0":
+                return None
+
+    def _deliveries(self, entry_id: str) -> int:
+        pending = self.redis.xpending_range(self.keys.queue, self.keys.group, min=entry_id, max=entry_id, count=1)
+        return int(pending[0]["times_delivered"]) if pending else 1
+
+    def _start(self, consumer: str, entry_id: str, fields: dict[str, str] | None, *, attempt: int) -> Claim | None:
+        """Mark the entry's job running for `consumer`; retire entries whose job is gone or final."""
+        job_id = (fields or {}).get("job_id")
+        if job_id is None:
+            self._retire(entry_id)
+            return None
+        if self.is_cancel_requested(job_id):
+            self._cancel_abandoned(job_id, entry_id)
+            return None
+        result = self._transition(
+            keys=[self.keys.job(job_id), self.keys.queue],
+            args=[
+                self.keys.group,
+                "",
+                "",
+                _allowed_from(JobState.RUNNING),
+                "state", JobState.RUNNING.value,
+                "attempts", attempt,
+                "worker", consumer,
+                "started_at", repr(time.time()),
+                "frames_done", 0,
+                "dropped_frames", 0,
+            ],
+        )  # fmt: skip
+        if result != "ok":
+            logger.info("job %s: not started (%s); entry retired", job_id, result)
+            self._retire(entry_id)
+            return None
+        return Claim(job=self.get(job_id), entry_id=entry_id, consumer=consumer, attempt=attempt)
+
+    def _cancel_abandoned(self, job_id: str, entry_id: str) -> None:
+        """A job cancelled while its holder was dying is finished as cancelled, never restarted."""
+        self._transition(
+            keys=[self.keys.job(job_id), self.keys.queue],
+            args=[
+                self.keys.group,
+                "",
+                "",
+                _allowed_from(JobState.CANCELLED),
+                "state", JobState.CANCELLED.value,
+                "finished_at", repr(time.time()),
+            ],
+        )  # fmt: skip
+        self._retire(entry_id)
+        logger.info("job %s: cancelled while its holder was gone; not restarted", job_id)
+
+    def _dead_letter(self, entry_id: str, fields: dict[str, str] | None, deliveries: int, consumer: str) -> None:
+        job_id = (fields or {}).get("job_id", "")
+        reason = f"gave up after {deliveries - 1} attempts: each holder stopped sending heartbeats"
+        self.redis.xadd(
+            self.keys.dead_letters,
+            {"job_id": job_id, "reason": reason, "deliveries": str(deliveries - 1), "consumer": consumer},
+            maxlen=10_000,
+            approximate=True,
+        )
+        if job_id:
+            self._transition(
+                keys=[self.keys.job(job_id), self.keys.queue],
+                args=[
+                    self.keys.group,
+                    "",
+                    "",
+                    _allowed_from(JobState.FAILED),
+                    "state", JobState.FAILED.value,
+                    "error", reason,
+                    "finished_at", repr(time.time()),
+                ],
+            )  # fmt: skip
+        self._retire(entry_id)
+        logger.error("job %s: dead-lettered (%s)", job_id, reason)
+
+    def _retire(self, entry_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xack(self.keys.queue, self.keys.group, entry_id)
+        pipe.xdel(self.keys.queue, entry_id)
+        pipe.execute()

@@ -1,0 +1,237 @@
+"""streamer/jobs.py on a real redis-server: claim/finish, crash recovery, dead letters, cancel, listing."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from streamer.jobs import (
+    HeartbeatStatus,
+    JobNotFound,
+    JobProgress,
+    JobQueue,
+    JobRecord,
+    JobState,
+    KeyNames,
+)
+
+from conftest import SPAWN
+
+WAIT_S = 15.0
+"""Upper bound for waits on other processes; only reached when something is broken."""
+
+VISIBILITY_S = 1.0
+
+
+def _queue(url: str, *, max_attempts: int = 3) -> JobQueue:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    return JobQueue(client, keys=KeyNames("test"), visibility_timeout_s=VISIBILITY_S, max_attempts=max_attempts)
+
+
+def hold_job(url: str, reports: multiprocessing.Queue) -> None:
+    """A consumer process: claims one job and heartbeats until cancelled (then finishes it) or killed."""
+    queue = _queue(url)
+    claim = queue.claim(f"holder-{os.getpid()}", block_s=WAIT_S)
+    if claim is None:
+        reports.put({"claimed": None})
+        return
+    reports.put({"claimed": claim.job.id, "attempt": claim.attempt, "pid": os.getpid()})
+    deadline = time.monotonic() + WAIT_S
+    frames = 0
+    while time.monotonic() < deadline:
+        frames += 1
+        status = queue.heartbeat(claim, JobProgress(frames_done=frames, fps=10.0))
+        if status is HeartbeatStatus.CANCEL_REQUESTED:
+            reports.put({"cancel_seen_at": time.time(), "finished": queue.finish(claim, JobState.CANCELLED)})
+            return
+        time.sleep(0.1)
+
+
+def _report(reports: multiprocessing.Queue) -> dict[str, Any]:
+    return reports.get(timeout=WAIT_S)
+
+
+def test_submit_claim_finish(redis_url: str) -> None:
+    queue = _queue(redis_url)
+    submitted = queue.submit("/videos/a.mp4", mask_path="/masks/a.png", options={"mem_every": 10})
+    assert queue.get(submitted.id).state is JobState.QUEUED
+
+    claim = queue.claim("worker-1", block_s=1.0)
+    assert claim is not None and claim.job.id == submitted.id
+    assert (claim.attempt, claim.restarted) == (1, False)
+    running = queue.get(submitted.id)
+    assert running.state is JobState.RUNNING and running.worker == "worker-1" and running.started_at
+
+    assert queue.heartbeat(claim, JobProgress(frames_done=12, fps=24.5, frames_total=100)) is HeartbeatStatus.OK
+    assert queue.finish(claim, JobState.DONE, outputs={"overlay": "/out/a.mp4"})
+    done = queue.get(submitted.id)
+    assert done.state is JobState.DONE and done.finished_at and done.outputs == {"overlay": "/out/a.mp4"}
+    assert (done.frames_done, done.frames_total, done.fps) == (12, 100, 24.5)
+
+    assert queue.claim("worker-1", block_s=0.2) is None, "a finished job is not delivered again"
+    assert queue.redis.xlen(queue.keys.queue) == 0, "the entry is retired with the job"
+
+
+def test_final_states_are_final(redis_url: str) -> None:
+    queue = _queue(redis_url)
+    job = queue.submit("a.mp4")
+    claim = queue.claim("w", block_s=1.0)
+    assert claim is not None
+    assert queue.finish(claim, JobState.DONE)
+    assert not queue.finish(claim, JobState.FAILED, error="late")
+    assert queue.cancel(job.id) is JobState.DONE
+    assert queue.heartbeat(claim) is HeartbeatStatus.LOST
+    record = queue.get(job.id)
+    assert record.state is JobState.DONE and record.error is None
+    with pytest.raises(ValueError, match="final state"):
+        queue.finish(claim, JobState.RUNNING)
+    with pytest.raises(ValueError, match="already exists"):
+        queue.submit("b.mp4", job_id=job.id)
+
+
+def test_status_hash_round_trip(redis_url: str) -> None:
+    queue = _queue(redis_url)
+    record = JobRecord(
+        id="j1",
+        source="rtsp://cam/1",
+        live=True,
+        options={"size": 360, "nested": {"a": [1, 2]}},
+        outputs={"masks": "/out/j1"},
+        state=JobState.RUNNING,
+        frames_done=7,
+        frames_total=None,
+        fps=29.97,
+        dropped_frames=3,
+        error="x: y",
+        attempts=2,
+        cancel_requested=True,
+        created_at=1_700_000_000.25,
+        started_at=1_700_000_001.5,
+        worker="gpu0-123",
+    )
+    queue.redis.hset("test:job:j1", mapping=record.to_fields())
+    assert queue.get("j1") == record
+    assert "frames_total" not in queue.redis.hgetall("test:job:j1")
+    with pytest.raises(JobNotFound):
+        queue.get("nope")
+
+
+def test_listing_is_newest_first(redis_url: str) -> None:
+    queue = _queue(redis_url)
+    ids = [queue.submit(f"v{i}.mp4").id for i in range(5)]
+    listed = queue.list_jobs(limit=3)
+    assert [job.id for job in listed] == ids[::-1][:3]
+    assert [job.id for job in queue.list_jobs(limit=10, offset=3)] == ids[1::-1]
+    assert all(job.state is JobState.QUEUED for job in listed)
+
+
+def test_killed_consumer_job_is_retaken_after_visibility_timeout(redis_url: str, start_process) -> None:
+    queue = _queue(redis_url)
+    job = queue.submit("long.mp4")
+    reports = SPAWN.Queue()
+    holder = start_process(hold_job, redis_url, reports)
+    first = _report(reports)
+    assert first["claimed"] == job.id and first["attempt"] == 1
+
+    # While the holder heartbeats, its job is not taken even though it runs past the visibility timeout.
+    assert queue.claim("rescuer", block_s=VISIBILITY_S * 2) is None
+    assert queue.get(job.id).frames_done > 0
+
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(timeout=WAIT_S)
+    claim = queue.claim("rescuer", block_s=VISIBILITY_S * 4)
+    assert claim is not None and claim.job.id == job.id
+    assert (claim.attempt, claim.restarted) == (2, True)
+    record = queue.get(job.id)
+    assert (record.state, record.worker, record.attempts, record.frames_done) == (JobState.RUNNING, "rescuer", 2, 0)
+    assert queue.finish(claim, JobState.DONE)
+
+
+def test_stalled_holder_loses_the_job_and_cannot_finish_it(redis_url: str) -> None:
+    queue = _queue(redis_url)
+    job = queue.submit("a.mp4")
+    stalled = queue.claim("slow", block_s=1.0)
+    assert stalled is not None
+    time.sleep(VISIBILITY_S * 1.2)
+    rescuer = queue.claim("rescuer", block_s=1.0)
+    assert rescuer is not None and rescuer.attempt == 2
+    assert queue.heartbeat(stalled) is HeartbeatStatus.LOST
+    assert not queue.finish(stalled, JobState.DONE)
+    assert queue.finish(rescuer, JobState.DONE)
+    assert queue.get(job.id).worker == "rescuer"
+
+
+def test_exhausted_attempts_go_to_dead_letters(redis_url: str) -> None:
+    queue = _queue(redis_url, max_attempts=2)
+    job = queue.submit("crashes-the-worker.mp4")
+    for attempt in (1, 2):
+        abandoned = queue.claim(f"doomed-{attempt}", block_s=VISIBILITY_S * 3)
+        assert abandoned is not None and abandoned.attempt == attempt
+        time.sleep(VISIBILITY_S * 1.2)  # the holder never heartbeats again, as if killed
+    assert queue.claim("next", block_s=0.2) is None
+    record = queue.get(job.id)
+    assert record.state is JobState.FAILED
+    assert "2 attempts" in (record.error or "")
+    letters = queue.dead_letters()
+    assert [(d["job_id"], d["deliveries"]) for d in letters] == [(job.id, "2")]
+    assert queue.redis.xlen(queue.keys.queue) == 0
+
+
+def test_running_job_sees_cancel(redis_url: str, start_process) -> None:
+    queue = _queue(redis_url)
+    job = queue.submit("rtsp://camera", live=True)
+    reports = SPAWN.Queue()
+    start_process(hold_job, redis_url, reports)
+    assert _report(reports)["claimed"] == job.id
+
+    requested_at = time.time()
+    assert queue.cancel(job.id) is JobState.RUNNING
+    assert queue.is_cancel_requested(job.id)
+    seen = _report(reports)
+    assert seen["finished"] is True
+    # The holder heartbeats every 0.1 s; one second is the promise to users, with a wide margin.
+    assert seen["cancel_seen_at"] - requested_at < 1.0
+    record = queue.get(job.id)
+    assert record.state is JobState.CANCELLED and record.finished_at is not None
+    assert queue.claim("other", block_s=VISIBILITY_S * 2) is None, "a cancelled job is not restarted"
+
+
+def test_queued_job_cancelled_is_never_delivered(redis_url: str) -> None:
+    queue = _queue(redis_url)
+    cancelled = queue.submit("a.mp4")
+    kept = queue.submit("b.mp4")
+    assert queue.cancel(cancelled.id) is JobState.CANCELLED
+    claim = queue.claim("w", block_s=1.0)
+    assert claim is not None and claim.job.id == kept.id
+    assert queue.get(cancelled.id).state is JobState.CANCELLED
+    with pytest.raises(JobNotFound):
+        queue.cancel("missing")
+
+
+def test_job_cancelled_while_its_holder_died_is_not_restarted(redis_url: str) -> None:
+    queue = _queue(redis_url)
+    job = queue.submit("a.mp4")
+    assert queue.claim("dies", block_s=1.0) is not None
+    queue.cancel(job.id)
+    time.sleep(VISIBILITY_S * 1.2)
+    assert queue.claim("rescuer", block_s=0.2) is None
+    assert queue.get(job.id).state is JobState.CANCELLED
+
+
+def test_consumers_announce_themselves_with_expiring_keys(redis_url: str) -> None:
+    queue = _queue(redis_url)
+    assert queue.claim("gpu0", block_s=0.05) is None
+    assert queue.live_consumers() == ["gpu0"]
+    time.sleep(VISIBILITY_S * 1.3)
+    assert queue.live_consumers() == []
+
+
+def test_queue_requires_decoded_responses(redis_url: str) -> None:
+    with pytest.raises(ValueError, match="decode_responses"):
+        JobQueue(redis.Redis.from_url(redis_url))
