@@ -31,11 +31,11 @@ from workers.xmem.init import make_random_network
 from workers.xmem.network import NetworkSpec
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = dict(variant="small", iterations=2, batch_size=2, crop_size=64, num_workers=0, device="cpu", log_every=1,
-            synthetic_clips=4)
+TINY = dict(variant="small", iterations=2, batch_size=2, crop_size=64, num_workers=0, device="cpu",
+            log_every=1, synthetic_clips=4)
 
 
-# --------------------------------------------------------------------------------------------------------- losses
+# ------------------------------------------------------------------------------------------------- losses
 
 
 def test_bootstrap_fraction_follows_the_warm_up_schedule() -> None:
@@ -53,7 +53,8 @@ def test_bootstrapped_cross_entropy_keeps_the_hardest_pixels() -> None:
     target = torch.zeros(1, 2, 2, dtype=torch.long)
     losses = [math.log1p(math.exp(d)) for d in gaps.tolist()]
     assert bootstrapped_cross_entropy(logits, target, 1.0).item() == pytest.approx(sum(losses) / 4)
-    assert bootstrapped_cross_entropy(logits, target, 0.5).item() == pytest.approx((losses[2] + losses[3]) / 2)
+    hardest_half = (losses[2] + losses[3]) / 2
+    assert bootstrapped_cross_entropy(logits, target, 0.5).item() == pytest.approx(hardest_half)
     assert bootstrapped_cross_entropy(logits, target, 0.01).item() == pytest.approx(losses[3])
 
 
@@ -98,7 +99,7 @@ def test_clip_loss_sums_predicted_frames() -> None:
         clip_loss(logits[:1], probs[:1], labels, [2], 1.0)
 
 
-# ---------------------------------------------------------------------------------------------------------- model
+# -------------------------------------------------------------------------------------------------- model
 
 
 def test_plan_reads_all_earlier_frames_then_the_first_plus_random_ones() -> None:
@@ -135,7 +136,8 @@ def test_similarity_and_full_softmax_readout_match_a_direct_computation() -> Non
         similarity = torch.empty(mem_k.shape[1], q.shape[1])
         for m in range(mem_k.shape[1]):
             for p in range(q.shape[1]):
-                similarity[m, p] = -(e[:, p] * (mem_k[:, m] - q[:, p]) ** 2).sum() * mem_s[m] / math.sqrt(key_dim)
+                distance = (e[:, p] * (mem_k[:, m] - q[:, p]) ** 2).sum()
+                similarity[m, p] = -distance * mem_s[m] / math.sqrt(key_dim)
         assert torch.allclose(anisotropic_similarity(mem_k[None], mem_s[None, None], q[None], e[None])[0],
                               similarity, atol=1e-5)
         expected = torch.einsum("ncm,mp->ncp", mem_v, torch.softmax(similarity, dim=0))
@@ -147,7 +149,7 @@ def small_network() -> torch.nn.Module:
     return training_network(make_random_network(NetworkSpec.small(), seed=0))
 
 
-def test_clip_forward_predicts_every_later_frame_and_trains_end_to_end(small_network: torch.nn.Module) -> None:
+def test_clip_forward_predicts_later_frames_and_trains_end_to_end(small_network: torch.nn.Module) -> None:
     torch.manual_seed(0)
     labels = torch.zeros(2, 3, 64, 64, dtype=torch.long)
     labels[:, :, 8:30, 8:30] = 1
@@ -173,7 +175,7 @@ def test_clip_forward_predicts_every_later_frame_and_trains_end_to_end(small_net
     assert object_selector(num_objects, 3).tolist() == [[1, 1, 0], [1, 0, 0]]
 
 
-# ------------------------------------------------------------------------------------------------------ schedules
+# ---------------------------------------------------------------------------------------------- schedules
 
 
 def test_stage_scaling_moves_every_schedule_point() -> None:
@@ -188,7 +190,7 @@ def test_stage_scaling_moves_every_schedule_point() -> None:
         TrainConfig(stages="04")
 
 
-# ------------------------------------------------------------------------------------------------- training runs
+# ------------------------------------------------------------------------------------------ training runs
 
 
 def cli() -> typer.Typer:
@@ -232,7 +234,8 @@ def test_resume_continues_from_the_saved_iteration_with_optimizer_state(tmp_path
     with pytest.raises(TrainingError):
         train(TrainConfig(stages="03", exp_id="r", output_dir=tmp_path, resume=True, **TINY))
 
-    longer = TrainConfig(stages="0", exp_id="r", output_dir=tmp_path, resume=True, **{**TINY, "iterations": 3})
+    longer = TrainConfig(stages="0", exp_id="r", output_dir=tmp_path, resume=True,
+                         **{**TINY, "iterations": 3})
     train(longer)
     state = read_training_state(tmp_path / "r")
     assert state["iteration"] == 3 and state["step"] == 3
@@ -247,7 +250,8 @@ def test_resume_continues_from_the_saved_iteration_with_optimizer_state(tmp_path
     initial = make_random_network(NetworkSpec.small(), seed=first.seed).state_dict()
 
     def moved(weights: dict[str, torch.Tensor]) -> float:
-        return sum(float((weights[k] - initial[k]).abs().sum()) for k in initial if weights[k].is_floating_point())
+        return sum(float((weights[k] - initial[k]).abs().sum())
+                   for k in initial if weights[k].is_floating_point())
 
     assert moved(resumed) > 1.15 * moved(saved_weights)
     assert (tmp_path / "r" / STATE_FILE).is_file()

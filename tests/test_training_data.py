@@ -1,4 +1,4 @@
-"""Training data: dataset layouts, held-out exclusion, clip sampling, augmentation alignment, synthetic video."""
+"""Training data: layouts, held-out exclusion, clip sampling, augmentation alignment, synthetic video."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def square_mask(height: int, width: int, top: int, left: int, size: int, value: 
     return mask
 
 
-def write_video(image_dir: Path, mask_dir: Path, frames: int, *, annotated_every: int = 1, grey: bool = True) -> None:
+def write_video(
+    image_dir: Path, mask_dir: Path, frames: int, *, annotated_every: int = 1, grey: bool = True
+) -> None:
     """A square moving right over a dark background; the image is bright exactly where the mask is set."""
     image_dir.mkdir(parents=True)
     mask_dir.mkdir(parents=True)
@@ -68,7 +70,9 @@ def test_davis_held_out_sequences_are_never_listed(tmp_path: Path) -> None:
     assert len(record.frames) == len(record.masks) == 6 and record.skip_scale == 1
 
 
-def test_davis_train_split_file_is_the_default_subset(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_davis_train_split_file_is_the_default_subset(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = make_davis(tmp_path / "DAVIS", ["bear", "dog", "goat"])
     (root / "ImageSets" / "2017").mkdir(parents=True)
     (root / "ImageSets" / "2017" / "train.txt").write_text("bear\ngoat\n")
@@ -94,7 +98,8 @@ def test_youtube_lists_only_annotated_frames(tmp_path: Path) -> None:
     root = tmp_path / "YouTube"
     write_video(root / "train" / "JPEGImages" / "v1", root / "train" / "Annotations" / "v1", 11,
                 annotated_every=5, grey=False)
-    write_video(root / "train" / "JPEGImages" / "held", root / "train" / "Annotations" / "held", 6, grey=False)
+    write_video(root / "train" / "JPEGImages" / "held", root / "train" / "Annotations" / "held", 6,
+                grey=False)
     records = list_youtube(root, exclude=["held"])
     assert [r.name for r in records] == ["v1"]
     assert [p.stem for p in records[0].frames] == ["00000", "00005", "00010"]

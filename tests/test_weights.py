@@ -124,7 +124,9 @@ def test_download_verifies_the_hash(server: tuple[Served, str], tmp_path: Path) 
     assert served.range_headers == [None]
 
 
-def test_interrupted_download_resumes_with_a_range_request(server: tuple[Served, str], tmp_path: Path) -> None:
+def test_interrupted_download_resumes_with_a_range_request(
+    server: tuple[Served, str], tmp_path: Path
+) -> None:
     served, base = server
     served.payload = PAYLOAD
     served.cut_next = True

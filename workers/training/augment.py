@@ -22,7 +22,7 @@ FILL_COLOUR = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)
 
 @dataclass(frozen=True)
 class Jitter:
-    """Colour jitter strengths; each factor is drawn uniformly from [1 - s, 1 + s] (hue: shift in [-s, s] turns).
+    """Colour jitter strengths: each factor is drawn from [1 - s, 1 + s] (hue: a shift of [-s, s] turns).
 
     Attributes:
         brightness: scales all channels.
@@ -100,7 +100,8 @@ def crop_box(
         crop_w = int(round(math.sqrt(target * aspect)))
         crop_h = int(round(math.sqrt(target / aspect)))
         if 0 < crop_w <= width and 0 < crop_h <= height:
-            return int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1)), crop_h, crop_w
+            top = int(rng.integers(0, height - crop_h + 1))
+            return top, int(rng.integers(0, width - crop_w + 1)), crop_h, crop_w
     aspect = min(max(width / height, ratio[0]), ratio[1])
     crop_w = min(width, int(round(height * aspect)))
     crop_h = min(height, int(round(crop_w / aspect)))
@@ -110,7 +111,7 @@ def crop_box(
 def crop_resize(
     image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int], size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cut ``box`` out of both and resize to ``size`` x ``size`` (area/bilinear for the image, nearest for the mask)."""
+    """Cut ``box`` out of both and resize to ``size`` squared (area/bilinear image, nearest mask)."""
     top, left, crop_h, crop_w = box
     image = image[top:top + crop_h, left:left + crop_w]
     mask = mask[top:top + crop_h, left:left + crop_w]
@@ -249,12 +250,14 @@ def deform_still(
         matrix = random_affine(height, width, rng, degrees=deformation.degrees, shear=deformation.shear,
                                scale=deformation.scale, translate=deformation.translate)
         frame, frame_mask = warp_affine(image, mask, matrix)
-        maps = smooth_warp_maps(height, width, rng, strength=deformation.warp_strength, grid=deformation.warp_grid)
+        maps = smooth_warp_maps(height, width, rng, strength=deformation.warp_strength,
+                                grid=deformation.warp_grid)
         frame, frame_mask = remap(frame, frame_mask, maps)
         box = crop_box(height, width, params.crop_scale, params.crop_ratio, rng)
         frame, frame_mask = crop_resize(frame, frame_mask, box, params.crop_size)
         if rng.random() < params.flip_prob:
-            frame, frame_mask = np.ascontiguousarray(frame[:, ::-1]), np.ascontiguousarray(frame_mask[:, ::-1])
+            frame = np.ascontiguousarray(frame[:, ::-1])
+            frame_mask = np.ascontiguousarray(frame_mask[:, ::-1])
         frames.append(apply_jitter(frame, draw_jitter(params.clip_jitter, rng)))
         masks.append(frame_mask)
     return frames, masks

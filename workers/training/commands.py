@@ -24,7 +24,7 @@ LAUNCH_FILE = "launch_config.json"
 
 
 def split_names(values: list[str] | None) -> tuple[str, ...]:
-    """Sequence names from repeated options; each value may be comma-separated or a file with one name a line."""
+    """Names from repeated options; each value is a comma-separated list or a file with one name a line."""
     names: list[str] = []
     for value in values or []:
         path = Path(value)
@@ -36,21 +36,22 @@ def split_names(values: list[str] | None) -> tuple[str, ...]:
 
 
 def train_command(
-    stage: Annotated[str, typer.Option(help="Stages to run in order: 0 static, 1 synthetic, 2/3 video; e.g. 03.")]
-    = "03",
+    stage: Annotated[str, typer.Option(
+        help="Stages to run in order: 0 static, 1 synthetic, 2/3 video; e.g. 03.")] = "03",
     exp_id: Annotated[str, typer.Option(help="Experiment name; outputs go to OUTPUT_DIR/EXP_ID.")] = "run",
-    variant: Annotated[str, typer.Option(help="official (ResNet-50, released layout) or small (CPU-trainable).")]
-    = "official",
+    variant: Annotated[str, typer.Option(
+        help="official (ResNet-50, released layout) or small (CPU-trainable).")] = "official",
     load_network: Annotated[Optional[Path], typer.Option(help="Start from this plain state dict.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run saved in OUTPUT_DIR/EXP_ID.")] = False,
-    davis_root: Annotated[Optional[Path], typer.Option(help="DAVIS folder (JPEGImages/480p, Annotations/480p).")]
-    = None,
+    davis_root: Annotated[Optional[Path], typer.Option(
+        help="DAVIS folder (JPEGImages/480p, Annotations/480p).")] = None,
     davis_include: Annotated[Optional[list[str]], typer.Option(
-        help="DAVIS sequences to train on (names, comma lists or a file); default: ImageSets/2017/train.txt.")]
+        help="DAVIS sequences to train on (names, comma lists or a file); "
+             "default: ImageSets/2017/train.txt.")]
     = None,
     yv_root: Annotated[Optional[Path], typer.Option(help="YouTube-VOS training folder.")] = None,
     static_root: Annotated[Optional[Path], typer.Option(
-        help="Images with same-name PNG masks for stage 0; without it stage 0 uses synthetic stills.")] = None,
+        help="Images with same-name PNG masks for stage 0; without it, synthetic stills.")] = None,
     held_out: Annotated[Optional[list[str]], typer.Option(
         help="Sequences never trained on (names, comma lists or a file); repeatable.")] = None,
     iterations: Annotated[Optional[int], typer.Option(
@@ -66,9 +67,10 @@ def train_command(
     save_every: Annotated[int, typer.Option(help="Iterations between checkpoints.")] = 25_000,
     clip_grad_norm: Annotated[float, typer.Option(help="Clip gradients to this norm (0 = off).")] = 3.0,
     seed: Annotated[int, typer.Option(help="Base random seed.")] = 14159265,
-    nproc_per_node: Annotated[int, typer.Option(help="Processes (GPUs) to launch with torch.distributed.run.")]
-    = 1,
-    config_file: Annotated[Optional[Path], typer.Option(hidden=True, help="A saved TrainConfig (JSON).")] = None,
+    nproc_per_node: Annotated[int, typer.Option(
+        help="Processes (GPUs) to launch with torch.distributed.run.")] = 1,
+    config_file: Annotated[Optional[Path], typer.Option(
+        hidden=True, help="A saved TrainConfig (JSON).")] = None,
 ) -> None:
     """Train XMem in stages (XMem's recipe); checkpoints load with workers.xmem.checkpoint.load_network."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -114,7 +116,7 @@ def launch_distributed(config: TrainConfig, processes: int) -> int:
 
 
 def plot_command(
-    experiment: Annotated[Path, typer.Argument(help="Experiment folder (with losses.csv) or a losses CSV file.")],
+    experiment: Annotated[Path, typer.Argument(help="Experiment folder (with losses.csv) or a loss CSV.")],
     output: Annotated[Optional[Path], typer.Option(help="PNG to write (default: losses.png beside the CSV).")]
     = None,
 ) -> None:
@@ -151,8 +153,8 @@ def weights_list_command() -> None:
 @weights_app.command("install")
 def weights_install_command(
     name: Annotated[str, typer.Argument(help="XMem or XMem-s012.")],
-    sha256: Annotated[Optional[str], typer.Option(help="Expected SHA-256 (otherwise the first download pins it).")]
-    = None,
+    sha256: Annotated[Optional[str], typer.Option(
+        help="Expected SHA-256 (otherwise the first download pins it).")] = None,
     url: Annotated[Optional[str], typer.Option(help="Download from this address instead (a mirror).")] = None,
     force: Annotated[bool, typer.Option(help="Download even if a matching file is installed.")] = False,
     set_default: Annotated[bool, typer.Option(help="Make it the default model.")] = False,
@@ -169,7 +171,8 @@ def weights_install_command(
             progress.update(task, completed=done, total=total)
 
         try:
-            path = install(name, sha256=sha256, url=url, force=force, set_default=set_default, progress=report)
+            path = install(name, sha256=sha256, url=url, force=force, set_default=set_default,
+                           progress=report)
         except WeightsError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from error

@@ -28,8 +28,8 @@ class StageConfig:
         source: where clips come from. "static" = images with masks deformed into short sequences,
             "synthetic" = the procedural video generator, "video" = DAVIS / YouTube-VOS.
         fallback_source: used instead when the run gives no data folder for ``source`` (None = that is an
-            error). Stage 0 falls back to synthetic stills, stage 2 to synthetic video; stage 3, the real-video
-            fine-tuning, has no fallback.
+            error). Stage 0 falls back to synthetic stills, stage 2 to synthetic video; stage 3, the
+            real-video fine-tuning, has no fallback.
         batch_size: clips per optimiser step summed over all ranks (divided by the world size).
         iterations: optimiser steps with full augmentation.
         finetune_iterations: extra steps at the end with the per-frame affine augmentation switched off,
@@ -43,7 +43,7 @@ class StageConfig:
         bootstrap_top_p: final fraction of hardest pixels kept by the cross-entropy.
         max_objects: objects sampled per clip at most (the object channels of the batch).
         initial_max_skip: largest gap between consecutive sampled frames at the start (in source frames).
-        skip_schedule: (fraction of ``iterations``, new max skip) pairs applied in order as training passes them.
+        skip_schedule: (fraction of ``iterations``, new max skip) pairs, applied as training passes them.
     """
 
     name: str
@@ -77,7 +77,7 @@ class StageConfig:
         return skip
 
     def scaled(self, iterations: int) -> StageConfig:
-        """This stage shortened (or lengthened) to ``iterations`` main steps, every schedule point moved along."""
+        """This stage resized to ``iterations`` main steps, every schedule point moved along."""
         if iterations <= 0:
             raise ValueError(f"iterations must be positive, got {iterations}")
         ratio = iterations / self.iterations
@@ -100,7 +100,8 @@ DEFAULT_STAGES: dict[str, StageConfig] = {
     "0": StageConfig(
         name="0", source="static", fallback_source="synthetic", batch_size=16, iterations=150_000,
         finetune_iterations=0, lr=1e-5,
-        lr_steps=(), num_frames=3, num_ref_frames=2, bootstrap_start=20_000, bootstrap_end=70_000, max_objects=1,
+        lr_steps=(), num_frames=3, num_ref_frames=2, bootstrap_start=20_000, bootstrap_end=70_000,
+        max_objects=1,
     ),
     "1": StageConfig(
         name="1", source="synthetic", fallback_source=None, batch_size=8, iterations=250_000,
@@ -140,7 +141,7 @@ class TrainConfig:
         output_dir: parent folder of experiment folders.
         variant: "official" (ResNet-50 key encoder, released layout) or "small" (CPU-trainable).
         hidden_dim: sensory memory channels; None = the variant's default, 0 disables sensory memory.
-        load_network: plain state dict to start from (e.g. a released XMem.pth); None = calibrated random init.
+        load_network: plain state dict to start from (e.g. XMem.pth); None = calibrated random init.
         resume: continue from the training state saved in the experiment folder.
         davis_root: DAVIS folder holding JPEGImages/480p and Annotations/480p.
         davis_include: sequences to train on (None = ImageSets/2017/train.txt when present, else all).
@@ -148,7 +149,7 @@ class TrainConfig:
         static_root: folder tree of images with same-named PNG masks for stage 0; None = synthetic stills.
         held_out: sequence names never trained on, whichever dataset lists them (evaluation sequences).
         davis_repeat: how often DAVIS is repeated against YouTube-VOS in the mix (5 in XMem: it is small).
-        synthetic_clips: clips per epoch of the synthetic generator (it is infinite; this sets the epoch length).
+        synthetic_clips: clips per epoch of the synthetic generator (it is endless; this sets an epoch).
         iterations: if set, every stage is scaled to this many main iterations (schedules scale with it).
         batch_size: if set, overrides every stage's batch size (global, over all ranks).
         lr: if set, overrides every stage's initial learning rate.
@@ -160,7 +161,7 @@ class TrainConfig:
         gamma: learning-rate factor at each decay step.
         clip_grad_norm: gradients are clipped to this global L2 norm (0 = no clipping). XMem does not clip;
             this only guards the short, noisy runs of small batches on CPU.
-        deep_update_prob: chance that a memory frame deep-updates the sensory memory through the value encoder.
+        deep_update_prob: chance that a memory frame deep-updates the sensory memory (value encoder GRU).
         train_batchnorm: update BatchNorm statistics while training. XMem keeps them frozen (the network stays
             in eval mode), which suits pretrained trunks and small per-GPU batches.
         log_every: iterations between log lines / CSV rows (averaged over the interval).

@@ -72,9 +72,10 @@ def open_tensorboard(folder: Path) -> object | None:
 def read_rows(csv_path: Path) -> list[LossRow]:
     """Rows of a loss CSV, in file order."""
     with csv_path.open(newline="") as handle:
-        return [LossRow(stage=r["stage"], step=int(r["step"]), iteration=int(r["iteration"]), lr=float(r["lr"]),
-                        loss=float(r["loss"]), ce=float(r["ce"]), dice=float(r["dice"]),
-                        bootstrap=float(r["bootstrap"]), seconds_per_iteration=float(r["seconds_per_iteration"]))
+        return [LossRow(stage=r["stage"], step=int(r["step"]), iteration=int(r["iteration"]),
+                        lr=float(r["lr"]), loss=float(r["loss"]), ce=float(r["ce"]), dice=float(r["dice"]),
+                        bootstrap=float(r["bootstrap"]),
+                        seconds_per_iteration=float(r["seconds_per_iteration"]))
                 for r in csv.DictReader(handle)]
 
 

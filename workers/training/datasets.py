@@ -22,7 +22,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from streamer.masks import read_index_mask
-from workers.training.augment import ClipAugmentation, StaticDeformation, augment_clip, deform_still, to_tensor
+from workers.training.augment import (
+    ClipAugmentation,
+    StaticDeformation,
+    augment_clip,
+    deform_still,
+    to_tensor,
+)
 from workers.training.synthetic import SyntheticConfig, generate_clip
 
 log = logging.getLogger(__name__)
@@ -115,7 +121,7 @@ def list_davis(
 
 
 def list_youtube(root: Path, *, exclude: Iterable[str] = ()) -> list[VideoRecord]:
-    """YouTube-VOS training videos; ``root`` may be the split folder itself or hold ``train_480p`` / ``train``."""
+    """YouTube-VOS training videos; ``root`` is the split folder or holds ``train_480p`` / ``train``."""
     for candidate in (root, root / "train_480p", root / "train"):
         if (candidate / "JPEGImages").is_dir() and (candidate / "Annotations").is_dir():
             return list_annotated_videos(candidate / "JPEGImages", candidate / "Annotations",
@@ -124,7 +130,7 @@ def list_youtube(root: Path, *, exclude: Iterable[str] = ()) -> list[VideoRecord
 
 
 def list_static(root: Path) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs anywhere under ``root``: a JPEG / BMP / WebP image and a same-stem PNG beside it."""
+    """(image, mask) pairs anywhere under ``root``: a JPEG / BMP / WebP image with a same-stem PNG."""
     pairs = [(image, image.with_suffix(".png")) for image in sorted(root.rglob("*"))
              if image.suffix.lower() in STILL_SUFFIXES and image.with_suffix(".png").is_file()]
     if not pairs:
@@ -133,7 +139,7 @@ def list_static(root: Path) -> list[tuple[Path, Path]]:
 
 
 def sample_frame_indices(length: int, count: int, max_skip: int, rng: np.random.Generator) -> list[int]:
-    """``count`` distinct frame indices in temporal order, each new one within ``max_skip`` of one already taken.
+    """``count`` distinct frame indices in time order, each new one within ``max_skip`` of one already taken.
 
     Growing the set from a random seed frame bounds the gaps without fixing the spacing; half of the clips
     are reversed in time, as motion has no preferred direction.
@@ -150,7 +156,9 @@ def sample_frame_indices(length: int, count: int, max_skip: int, rng: np.random.
     return indices[::-1] if rng.random() < 0.5 else indices
 
 
-def relabel(masks: Sequence[np.ndarray], max_objects: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+def relabel(
+    masks: Sequence[np.ndarray], max_objects: int, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
     """Pick up to ``max_objects`` objects visible in the first mask and renumber them 1..K in every frame.
 
     Returns (labels (T, H, W) uint8, K); K = 0 when the first frame shows no object large enough.
@@ -203,8 +211,8 @@ class VideoClipDataset(Dataset):
     """
 
     def __init__(
-        self, records: Sequence[VideoRecord], *, num_frames: int, max_objects: int, augmentation: ClipAugmentation,
-        max_skip: int = 5, finetune: bool = False,
+        self, records: Sequence[VideoRecord], *, num_frames: int, max_objects: int,
+        augmentation: ClipAugmentation, max_skip: int = 5, finetune: bool = False,
     ) -> None:
         self.records = [r for r in records if len(r.frames) >= num_frames]
         if not self.records:
@@ -227,11 +235,12 @@ class VideoClipDataset(Dataset):
             indices = sample_frame_indices(len(record.frames), self.num_frames, skip, rng)
             frames = [np.asarray(Image.open(record.frames[i]).convert("RGB")) for i in indices]
             masks = [read_index_mask(record.masks[i]) for i in indices]
-            frames, masks = augment_clip(frames, masks, self.augmentation, rng, per_frame_affine=not self.finetune)
+            frames, masks = augment_clip(frames, masks, self.augmentation, rng,
+                                         per_frame_affine=not self.finetune)
             labels, count = relabel(masks, self.max_objects, rng)
             if count:
                 return make_sample(frames, labels, count)
-        raise RuntimeError(f"no clip with a visible object after {MAX_TRIALS} trials (last video {record.name})")
+        raise RuntimeError(f"no clip with a visible object after {MAX_TRIALS} trials (last: {record.name})")
 
 
 class StillSource(Protocol):
@@ -278,7 +287,8 @@ class StaticClipDataset(Dataset):
     """Stage 0: each still image becomes a clip of independently deformed copies (one object)."""
 
     def __init__(
-        self, stills: StillSource, *, num_frames: int, augmentation: ClipAugmentation, deformation: StaticDeformation = StaticDeformation(),
+        self, stills: StillSource, *, num_frames: int, augmentation: ClipAugmentation,
+        deformation: StaticDeformation = StaticDeformation(),
     ) -> None:
         self.stills = stills
         self.num_frames = num_frames
@@ -293,7 +303,8 @@ class StaticClipDataset(Dataset):
         rng = self._random.get()
         for trial in range(MAX_TRIALS):
             image, mask = self.stills(index if trial == 0 else int(rng.integers(len(self))), rng)
-            frames, masks = deform_still(image, mask, self.num_frames, self.deformation, self.augmentation, rng)
+            frames, masks = deform_still(image, mask, self.num_frames, self.deformation, self.augmentation,
+                                         rng)
             labels, count = relabel(masks, 1, rng)
             if count:
                 return make_sample(frames, labels, count)

@@ -80,9 +80,12 @@ def gather_frames(tensor: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
 
 
 def anisotropic_similarity(
-    memory_key: torch.Tensor, memory_shrinkage: torch.Tensor, query_key: torch.Tensor, query_selection: torch.Tensor
+    memory_key: torch.Tensor, memory_shrinkage: torch.Tensor, query_key: torch.Tensor,
+    query_selection: torch.Tensor,
 ) -> torch.Tensor:
-    """XMem's similarity -sum_c e_q (k_m - k_q)^2 * s_m / sqrt(Ck): (B,Ck,M), (B,1,M), (B,Ck,P), (B,Ck,P) -> (B,M,P).
+    """XMem's similarity -sum_c e_q (k_m - k_q)^2 * s_m / sqrt(Ck).
+
+    memory_key (B, Ck, M), memory_shrinkage (B, 1, M), query_key / query_selection (B, Ck, P) -> (B, M, P).
 
     The square is expanded into three matrix products so no (Ck, M, P) tensor is formed; batched over clips.
     Must agree with the inference readout's similarity (workers/xmem/similarity.py).
@@ -123,7 +126,7 @@ class TrainingXMem(XMemNetwork):
     def forward(  # type: ignore[override]
         self, images: torch.Tensor, first_masks: torch.Tensor, num_objects: torch.Tensor, plan: ClipPlan
     ) -> ClipOutput:
-        """images (B, T, 3, H, W), first_masks (B, N, H, W), num_objects (B,) -> predictions for frames 1..T-1."""
+        """images (B, T, 3, H, W), first_masks (B, N, H, W), num_objects (B,) -> frames 1..T-1 predicted."""
         batch, num_frames = images.shape[:2]
         selector = object_selector(num_objects, first_masks.shape[1]).to(images.dtype)
         key, shrinkage, selection, f16, f8, f4 = (
@@ -136,8 +139,9 @@ class TrainingXMem(XMemNetwork):
         logits, probs = [], []
         for t in range(1, num_frames):
             frames = plan.references[t - 1]
+            memory_values = gather_frames(torch.stack(values, 1), frames)
             readout = read_memory(key[:, t], selection[:, t], gather_frames(key, frames),
-                                  gather_frames(shrinkage, frames), gather_frames(torch.stack(values, 1), frames))
+                                  gather_frames(shrinkage, frames), memory_values)
             last = t == num_frames - 1
             new_hidden, object_logits = self.decoder(f16[:, t], f8[:, t], f4[:, t], hidden, readout, not last)
             if new_hidden is not None:
@@ -148,7 +152,8 @@ class TrainingXMem(XMemNetwork):
             logits.append(frame_logits)
             probs.append(frame_prob)
             if not last:
-                value, hidden = self.encode_value(images[:, t], f16[:, t], hidden, frame_prob[:, 1:].to(images.dtype),
+                masks = frame_prob[:, 1:].to(images.dtype)
+                value, hidden = self.encode_value(images[:, t], f16[:, t], hidden, masks,
                                                   deep_update=plan.deep_updates[t - 1])
                 values.append(value)
         return ClipOutput(logits, probs)

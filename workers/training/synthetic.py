@@ -79,7 +79,9 @@ class SyntheticClip:
         return tuple(layer.label for layer in self.layers)
 
 
-def smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int, channels: int = 1) -> np.ndarray:
+def smooth_noise(
+    rng: np.random.Generator, height: int, width: int, cells: int, channels: int = 1
+) -> np.ndarray:
     """Value noise in [0, 1]: a coarse random grid of ``cells`` per side interpolated bicubically."""
     grid = rng.random((cells + 1, cells + 1, channels)).astype(np.float32)
     noise = cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
@@ -87,7 +89,7 @@ def smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int, 
 
 
 def random_colour(rng: np.random.Generator) -> np.ndarray:
-    """A saturated-ish RGB colour as float32 in [0, 255] (avoids near-grey objects that vanish in the background)."""
+    """A fairly saturated RGB colour, float32 in [0, 255] (near-grey objects vanish into backgrounds)."""
     hsv = np.uint8([[[rng.integers(0, 180), rng.integers(90, 256), rng.integers(70, 256)]]])
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
@@ -143,8 +145,8 @@ def object_trajectory(
 ) -> np.ndarray:
     """(T, 2, 3) affine maps from sprite to frame coordinates for one object.
 
-    The object starts with its centre inside the middle 70 % of the frame (so it is visible in the first frame)
-    and then moves with constant velocity, spin and zoom rate.
+    The object starts with its centre inside the middle 70 % of the frame (so the first frame shows it) and
+    then moves with constant velocity, spin and zoom rate.
     """
     side = min(config.height, config.width)
     start = np.array([rng.uniform(0.15, 0.85) * config.width, rng.uniform(0.15, 0.85) * config.height])

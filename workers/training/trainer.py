@@ -3,10 +3,10 @@
 One process per device. Under ``torch.distributed.run`` (WORLD_SIZE > 1) every rank builds the same network
 from the same seed, DDP averages gradients (NCCL on GPU, gloo on CPU), and only rank 0 logs and writes files.
 Outputs in ``output_dir/exp_id``:
-  ``<exp>_s<stages so far>_<iteration>.pth``  plain state dicts, loadable by workers.xmem.checkpoint.load_network
-  ``<exp>_s<stages so far>.pth``              the weights at the end of each stage
-  ``training_state.pth``                      optimiser, scheduler, scaler, stage, iteration, plan RNG (--resume)
-  ``losses.csv`` / ``losses.png``             the loss log and its plot
+  ``<exp>_s<stages>_<iteration>.pth``  plain state dicts, loadable by workers.xmem.checkpoint.load_network
+  ``<exp>_s<stages>.pth``              the weights at the end of each stage (stages = those run so far)
+  ``training_state.pth``               optimiser, scheduler, scaler, stage, iteration, plan RNG (--resume)
+  ``losses.csv`` / ``losses.png``      the loss log and its plot
 
 Run on several processes with ``python -m torch.distributed.run --standalone --nproc_per_node=N -m
 workers.training.trainer <the options of vosd train>``.
@@ -28,7 +28,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, RandomSampler
 
@@ -116,9 +123,8 @@ def derive_seed(*parts: int) -> int:
 
 def default_spec(config: TrainConfig) -> NetworkSpec:
     """The variant's layout, with the run's hidden_dim when given."""
-    if config.variant == "official":
-        return NetworkSpec.official() if config.hidden_dim is None else NetworkSpec.official(config.hidden_dim)
-    return NetworkSpec.small() if config.hidden_dim is None else NetworkSpec.small(config.hidden_dim)
+    preset = NetworkSpec.official if config.variant == "official" else NetworkSpec.small
+    return preset() if config.hidden_dim is None else preset(config.hidden_dim)
 
 
 def training_network(source: XMemNetwork) -> TrainingXMem:
@@ -139,7 +145,7 @@ def initial_network(config: TrainConfig, weights: Path | None) -> TrainingXMem:
     return training_network(make_random_network(default_spec(config), seed=config.seed))
 
 
-# ----------------------------------------------------------------------------------------------------------- data
+# ------------------------------------------------------------------------------------------------------ data
 
 
 def video_dataset(config: TrainConfig, stage: StageConfig, augmentation: ClipAugmentation, max_skip: int,
@@ -171,17 +177,19 @@ def build_dataset(config: TrainConfig, stage: StageConfig, max_skip: int, finetu
             stills = StillLoader(list_static(config.static_root))
         else:
             fallback(stage, "--static-root")
-            stills = SyntheticStills(SyntheticConfig(height=render_side, width=render_side), config.synthetic_clips)
+            still_config = SyntheticConfig(height=render_side, width=render_side)
+            stills = SyntheticStills(still_config, config.synthetic_clips)
         return StaticClipDataset(stills, num_frames=stage.num_frames, augmentation=augmentation)
-    return SyntheticVideoDataset(config.synthetic_clips, num_frames=stage.num_frames, max_objects=stage.max_objects,
-                                 augmentation=augmentation, max_skip=max_skip)
+    return SyntheticVideoDataset(config.synthetic_clips, num_frames=stage.num_frames,
+                                 max_objects=stage.max_objects, augmentation=augmentation, max_skip=max_skip)
 
 
 def fallback(stage: StageConfig, missing: str) -> DataSource:
     """The stage's fallback source, or a clear error when it has none."""
     if stage.fallback_source is None:
         raise TrainingError(f"stage {stage.name} trains on {stage.source} data: give {missing}")
-    log.warning("stage %s: no %s given; training on %s data instead", stage.name, missing, stage.fallback_source)
+    log.warning("stage %s: no %s given; training on %s data instead", stage.name, missing,
+                stage.fallback_source)
     return stage.fallback_source
 
 
@@ -206,7 +214,7 @@ def batches(dataset: Dataset, batch_size: int, workers: int, ctx: RankContext, s
         epoch += 1
 
 
-# --------------------------------------------------------------------------------------------------- checkpoints
+# ----------------------------------------------------------------------------------------------- checkpoints
 
 
 def stage_prefix(config: TrainConfig, stages: tuple[str, ...], index: int) -> str:
@@ -223,7 +231,9 @@ def gather_plan_states(generator: torch.Generator, ctx: RankContext) -> list[tor
     return [state for state in everyone if state is not None]
 
 
-def restore_plan_state(states: list[torch.Tensor] | None, generator: torch.Generator, ctx: RankContext) -> None:
+def restore_plan_state(
+    states: list[torch.Tensor] | None, generator: torch.Generator, ctx: RankContext
+) -> None:
     """Put this rank's saved plan-generator state back (when one was saved for the same world size)."""
     if states is None or len(states) != ctx.world_size:
         log.warning("no matching saved random state for %d rank(s): memory / deep-update draws restart from "
@@ -248,7 +258,7 @@ def read_training_state(folder: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-# ---------------------------------------------------------------------------------------------------------- loop
+# ------------------------------------------------------------------------------------------------------ loop
 
 
 @dataclass
@@ -328,7 +338,8 @@ class Trainer:
         resume = read_training_state(self.folder) if config.resume else None
         if resume is not None:
             if resume["stages"] != config.stages:
-                raise TrainingError(f"--resume: saved run has stages {resume['stages']!r}, not {config.stages!r}")
+                raise TrainingError(
+                    f"--resume: the saved run has stages {resume['stages']!r}, not {config.stages!r}")
             network = initial_network(config, self.folder / resume["weights"])
             self.step = int(resume["step"])
         else:
@@ -402,7 +413,8 @@ class Trainer:
                 wanted = (stage.max_skip_at(iteration), finetune)
                 if wanted != phase:
                     phase = wanted
-                    log.info("stage %s: max skip %d%s", stage.name, phase[0], ", fine-tuning" if finetune else "")
+                    log.info("stage %s: max skip %d%s", stage.name, phase[0],
+                             ", fine-tuning" if finetune else "")
                     dataset = build_dataset(config, stage, *phase)
                     # the data stream is reseeded from (run, stage, rank, iteration) whenever it is rebuilt,
                     # so a resumed run gets fresh but reproducible clips
@@ -454,7 +466,8 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
         with autocast:
             output = model(images, first_frame_masks(labels[:, 0], stage.max_objects), num_objects, plan)
-        fraction = bootstrap_fraction(iteration, stage.bootstrap_start, stage.bootstrap_end, stage.bootstrap_top_p)
+        fraction = bootstrap_fraction(iteration, stage.bootstrap_start, stage.bootstrap_end,
+                                      stage.bootstrap_top_p)
         losses = clip_loss(output.logits, output.probs, labels, num_objects.tolist(), fraction)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()

@@ -4,8 +4,8 @@ The weights folder is ``$VOSD_HOME/weights`` (or ``~/.cache/vosd/weights``) and 
 ``registry.json``: for each name its file, SHA-256, source and date, and which one is the default model.
 XMem's releases publish no checksums, so the first successful download pins the file's SHA-256 in the registry
 and every later install of that name must match it (``--sha256`` gives a hash to check against up front).
-Every file that enters the registry is loaded once with ``load_network`` so a wrong file fails at install time,
-not when a stream starts.
+Every file that enters the registry is loaded once with ``load_network`` so a wrong file fails at install
+time, not when a stream starts.
 """
 
 from __future__ import annotations
@@ -60,11 +60,11 @@ class KnownWeights:
 XMEM_RELEASE = "https://github.com/hkchengrex/XMem/releases/download/v1.0"
 KNOWN_WEIGHTS: dict[str, KnownWeights] = {
     "XMem": KnownWeights("XMem", "XMem.pth", f"{XMEM_RELEASE}/XMem.pth", None,
-                         "official XMem, stages 0+3 (static images, then DAVIS + YouTube-VOS); the default release"),
+                         "official XMem, stages 0+3 (static images, DAVIS + YouTube-VOS); the default"),
     "XMem-s012": KnownWeights("XMem-s012", "XMem-s012.pth", f"{XMEM_RELEASE}/XMem-s012.pth", None,
                               "official XMem with BL30K pre-training, stages 0+1+2"),
 }
-"""The two files fetched by XMem's scripts/download_models.sh (GitHub release v1.0); no hashes are published."""
+"""The files fetched by XMem's scripts/download_models.sh (GitHub release v1.0); no hashes are published."""
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,8 @@ def download(
     digest = file_sha256(part)
     if expected_sha256 is not None and digest != expected_sha256.lower():
         part.unlink()
-        raise WeightsError(f"SHA-256 mismatch for {url}: expected {expected_sha256}, got {digest}; the file was "
-                           f"deleted (a changed release, or a corrupted transfer)")
+        raise WeightsError(f"SHA-256 mismatch for {url}: expected {expected_sha256}, got {digest}; the file "
+                           f"was deleted (a changed release, or a corrupted transfer)")
     os.replace(part, dest)
     return digest
 
@@ -169,7 +169,7 @@ def receive(response: object, part: Path, offset: int, url: str,
     if status == 206:
         content_range = response.headers.get("Content-Range", "")  # type: ignore[attr-defined]
         if not content_range.startswith(f"bytes {offset}-"):
-            raise WeightsError(f"{url}: server resumed at the wrong place ({content_range!r}, wanted {offset})")
+            raise WeightsError(f"{url}: server resumed at the wrong offset ({content_range!r}, not {offset})")
         mode, done = "ab", offset
     else:
         if offset:
@@ -183,8 +183,8 @@ def receive(response: object, part: Path, offset: int, url: str,
             if progress is not None:
                 progress(done, expected)
     if expected is not None and done < expected:
-        raise DownloadInterrupted(f"{url}: connection closed after {done} of {expected} bytes; run the install "
-                                  f"again to resume from {part}")
+        raise DownloadInterrupted(f"{url}: connection closed after {done} of {expected} bytes; run the "
+                                  f"install again to resume from {part}")
 
 
 def validate_checkpoint(path: Path) -> str:
@@ -207,14 +207,14 @@ def record(registry: dict, name: str, path: Path, digest: str, source: str) -> N
 
 
 def install(
-    name: str, *, sha256: str | None = None, url: str | None = None, force: bool = False, set_default: bool = False,
-    progress: Callable[[int, int | None], None] | None = None,
+    name: str, *, sha256: str | None = None, url: str | None = None, force: bool = False,
+    set_default: bool = False, progress: Callable[[int, int | None], None] | None = None,
 ) -> Path:
-    """Download a known checkpoint into the weights folder (resuming, verifying, validating); returns its path.
+    """Download a known checkpoint into the weights folder (resumed, verified, validated); returns its path.
 
-    The expected hash is ``sha256`` if given, else the hash pinned by an earlier install, else the published one.
-    ``url`` overrides the download address (a mirror). An installed file that still matches is not fetched again
-    unless ``force``.
+    The expected hash is ``sha256`` if given, else the one pinned by an earlier install, else the published
+    one. ``url`` overrides the download address (a mirror). An installed file that still matches is not
+    fetched again unless ``force``.
     """
     known = KNOWN_WEIGHTS.get(name)
     if known is None:
@@ -332,6 +332,6 @@ def default_model_path() -> Path:
         return resolve(default)
     if not BUNDLED_MODEL.is_file():
         raise WeightsError(
-            f"the bundled model {BUNDLED_MODEL} is missing (it has not been trained yet). Use official weights: "
-            f"`vosd weights install XMem --set-default`, or set VOSD_MODEL to a checkpoint file")
+            f"the bundled model {BUNDLED_MODEL} is missing (it has not been trained yet). Use official "
+            f"weights: `vosd weights install XMem --set-default`, or set VOSD_MODEL to a checkpoint file")
     return BUNDLED_MODEL
