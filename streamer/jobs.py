@@ -103,6 +103,10 @@ class KeyNames:
     def consumer(self, name: str) -> str:
         return f"{self.prefix}:consumer:{name}"
 
+    def daemon(self, name: str) -> str:
+        """Hash of a running daemon: its pid and the pids of its processes (expires with its heartbeat)."""
+        return f"{self.prefix}:daemon:{name}"
+
 
 class JobRecord(BaseModel):
     """The status hash of one job, typed. Times are Unix seconds."""
