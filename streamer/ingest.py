@@ -159,7 +159,7 @@ def working_size(source: Size, target: int | None) -> Size:
 
 
 def is_live_uri(uri: str | int) -> bool:
-    """Live by default: cameras, stream protocols, and HLS playlists; files and plain HTTP(S) downloads are not."""
+    """Live by default: cameras, stream protocols, HLS playlists; not files or plain HTTP(S) downloads."""
     if _camera_device(uri) is not None:
         return True
     text = str(uri)
@@ -195,7 +195,7 @@ def open_source(
         target_size=target_size,
         keep_source_image=keep_source_image,
         open_timeout=open_timeout,
-        read_timeout=read_timeout if read_timeout is not None else (policy.stall_timeout if is_live else open_timeout),
+        read_timeout=read_timeout or (policy.stall_timeout if is_live else open_timeout),
         rtsp_transport=rtsp_transport,
         reconnect=policy,
         ffmpeg_options=dict(ffmpeg_options or {}),
@@ -319,7 +319,10 @@ class Source:
         self.stats.state = "closed" if self._closed.is_set() else "failed"
         if self._closed.is_set():
             raise SourceError(f"{self.uri}: source closed while reconnecting")
-        raise SourceError(f"{self.uri}: gave up after {policy.max_attempts} connect attempts ({reason}); last error: {error}")
+        raise SourceError(
+            f"{self.uri}: gave up after {policy.max_attempts} connect attempts ({reason}); "
+            f"last error: {error}"
+        )
 
     def _start_session(self) -> None:
         """Timestamps of a new connection continue after the last delivered one."""
@@ -346,7 +349,9 @@ class Source:
         source_image = None
         if self.options.keep_source_image:
             source_image = picture.rgb(picture.size)
-            image = source_image if size == picture.size else cv2.resize(source_image, size, interpolation=cv2.INTER_AREA)
+            image = source_image
+            if size != picture.size:
+                image = cv2.resize(source_image, size, interpolation=cv2.INTER_AREA)
         else:
             image = picture.rgb(size)
         frame = DecodedFrame(self.stats.frames, pts_seconds, time.time(), image, picture.size, source_image)
@@ -374,13 +379,16 @@ class Source:
 class _AVPicture(_Picture):
     def __init__(self, frame: av.VideoFrame) -> None:
         self.frame = frame
-        self.pts_seconds = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
+        known = frame.pts is not None and frame.time_base
+        self.pts_seconds = float(frame.pts * frame.time_base) if known else None
         self.size = Size(frame.width, frame.height)
 
     def rgb(self, size: Size) -> np.ndarray:
         if size == self.size:
             return self.frame.to_ndarray(format="rgb24")
-        return self.frame.to_ndarray(format="rgb24", width=size.width, height=size.height, interpolation="AREA")
+        return self.frame.to_ndarray(
+            format="rgb24", width=size.width, height=size.height, interpolation="AREA"
+        )
 
 
 class _AVConnection(_Connection):
@@ -423,8 +431,9 @@ class _AVConnection(_Connection):
             elif self.container.duration:
                 frame_count = round(self.container.duration / av.time_base * fps)
         context = stream.codec_context
-        info = SourceInfo(self.uri, context.width, context.height, fps, frame_count, context.name, self.options.live)
-        return info, exact
+        live = self.options.live
+        width, height = context.width, context.height
+        return SourceInfo(self.uri, width, height, fps, frame_count, context.name, live), exact
 
     def pictures(self) -> Iterator[_Picture]:
         live, stall_timeout = self.options.live, self.options.reconnect.stall_timeout
@@ -440,8 +449,8 @@ class _AVConnection(_Connection):
                     error_after_last_frame = True
                     if rejected_in_row > self.options.max_decode_errors:
                         message = (
-                            f"{self.uri}: corrupt data: the {self.info.codec} decoder rejected {rejected_in_row} "
-                            f"packets in a row, {decoded} frames decoded before ({error})"
+                            f"{self.uri}: corrupt data: the {self.info.codec} decoder rejected "
+                            f"{rejected_in_row} packets in a row, {decoded} frames decoded before ({error})"
                         )
                         raise (_LinkLost(message) if live else SourceError(message)) from error
                     continue
@@ -466,8 +475,8 @@ class _AVConnection(_Connection):
         if decoded == 0:
             if self.decode_errors:
                 raise SourceError(
-                    f"{self.uri}: corrupt data: no frame could be decoded ({self.decode_errors} packets rejected "
-                    f"by the {self.info.codec} decoder)"
+                    f"{self.uri}: corrupt data: no frame could be decoded "
+                    f"({self.decode_errors} packets rejected by the {self.info.codec} decoder)"
                 )
             raise SourceError(f"{self.uri}: the video stream contains no frames")
         expected = self.info.frame_count

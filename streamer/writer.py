@@ -150,9 +150,9 @@ class OutputWriter:
             masks_dir = masks_dir or out_dir / "masks"
             rle_path = rle_path or out_dir / "masks.jsonl"
         if overlay_path is None and masks_dir is None and rle_path is None:
-            raise ValueError("OutputWriter needs out_dir or at least one of overlay_path, masks_dir, rle_path")
+            raise ValueError("OutputWriter needs out_dir or one of overlay_path, masks_dir, rle_path")
         if not 0.0 <= alpha <= 1.0 or reorder_window < 1 or fps <= 0:
-            raise ValueError(f"invalid writer settings: alpha={alpha}, reorder_window={reorder_window}, fps={fps}")
+            raise ValueError(f"invalid writer settings: {alpha=}, {reorder_window=}, {fps=}")
         self.width, self.height = (int(v) for v in source_size)
         self.alpha, self.palette, self.reorder_window = alpha, palette, reorder_window
         self.overlay_path = Path(overlay_path) if overlay_path else None
@@ -167,7 +167,8 @@ class OutputWriter:
         self._overlay = None
         if self.overlay_path:
             self.overlay_path.parent.mkdir(parents=True, exist_ok=True)
-            self._overlay = _OverlayEncoder(_part(self.overlay_path), fps, self.width, self.height, crf, preset)
+            part = _part(self.overlay_path)
+            self._overlay = _OverlayEncoder(part, fps, self.width, self.height, crf, preset)
         self.report.resumed_from = self.resume_from
         self.next_index = 0 if self._overlay else self.resume_from
         self.report.frames_written = self.next_index
@@ -181,8 +182,9 @@ class OutputWriter:
         part = _part(self.masks_dir)
         if resume and part.is_dir():
             count = durable_frames(self.masks_dir)
+            kept = {MASK_NAME.format(index) for index in range(count)}
             for stale in part.iterdir():  # temp files and masks after a hole are not trustworthy
-                if not stale.name.endswith(".png") or not stale.name[:-4].isdigit() or int(stale.name[:-4]) >= count:
+                if stale.name not in kept:
                     stale.unlink()
             log.info("%s: resuming after %d durable masks", self.masks_dir, count)
             return count
@@ -233,9 +235,9 @@ class OutputWriter:
         if index < 0:
             raise WriterError(f"frame index must be >= 0, got {index}")
         if mask is None and index >= self.resume_from:
-            raise WriterError(f"frame {index}: a mask is required (only resumed frames may reuse saved masks)")
+            raise WriterError(f"frame {index}: a mask is required (only resumed frames reuse saved masks)")
         if mask is not None and (mask.dtype != np.uint8 or mask.ndim != 2):
-            raise WriterError(f"frame {index}: masks are uint8 (H, W) index masks, got {mask.dtype} {mask.shape}")
+            raise WriterError(f"frame {index}: masks are uint8 (H, W), got {mask.dtype} {mask.shape}")
         if self._overlay is not None:
             if frame is None:
                 raise WriterError(f"frame {index}: the overlay video needs the RGB frame, got None")

@@ -25,6 +25,7 @@ from videos import (
     LiveServer,
     corrupt_file,
     free_port,
+    interior,
     truncate_file,
     write_moving_shape_video,
     write_text_file,
@@ -51,26 +52,19 @@ def test_decodes_h264_file_in_order_at_working_size(clip: tuple[Path, list[np.nd
         info = source.info
         frames = list(source)
         assert source.stats.state == "ended" and source.stats.frames == 48
-    assert (info.width, info.height, info.fps, info.frame_count, info.codec, info.is_live) == (160, 120, 24.0, 48, "h264", False)
+    assert (info.width, info.height, info.fps, info.frame_count) == (160, 120, 24.0, 48)
+    assert (info.codec, info.is_live) == ("h264", False)
     assert [frame.index for frame in frames] == list(range(48))
     assert all(frame.image.shape == (96, 128, 3) and frame.image.dtype == np.uint8 for frame in frames)
-    assert all(frame.source_size == Size(160, 120) and frame.source_image.shape == (120, 160, 3) for frame in frames)
+    assert all(frame.source_size == Size(160, 120) for frame in frames)
+    assert all(frame.source_image.shape == (120, 160, 3) for frame in frames)
     times = np.array([frame.pts_seconds for frame in frames])
     assert times[0] == 0.0 and np.all(np.diff(times) > 0)
     np.testing.assert_allclose(times, np.arange(48) / 24.0, atol=1e-3)
     for frame, mask in zip(frames[::8], masks[::8]):  # RGB order and content: each shape has its own colour
         for label in (1, 2):
-            inside = frame.source_image[_interior(mask == label)].astype(float).mean(axis=0)
+            inside = frame.source_image[interior(mask == label)].astype(float).mean(axis=0)
             assert np.abs(inside - OBJECT_COLOURS[label]).max() < 25
-
-
-def _interior(binary: np.ndarray) -> np.ndarray:
-    """The mask shrunk by two pixels, away from edges that compression blurs."""
-    inner = binary.copy()
-    for axis in (0, 1):
-        for shift in (-2, 2):
-            inner &= np.roll(binary, shift, axis=axis)
-    return inner
 
 
 def test_file_uri_and_other_containers_keep_size_without_target(tmp_path: Path) -> None:
@@ -131,7 +125,8 @@ def test_truncated_file_yields_frames_before_the_cut_then_reports(tmp_path: Path
     assert caught.value.frames_decoded == len(received) and caught.value.expected_frames == 48
     assert f"truncated at frame {len(received)} of 48" in str(caught.value)
     last = received[-1].image  # the frames before the cut are real pictures, not garbage
-    assert np.abs(last[_interior(masks[len(received) - 1] == 1)].astype(float).mean(axis=0) - OBJECT_COLOURS[1]).max() < 25
+    disc = last[interior(masks[len(received) - 1] == 1)].astype(float).mean(axis=0)
+    assert np.abs(disc - OBJECT_COLOURS[1]).max() < 25
 
 
 def test_live_source_that_never_answers_gives_up_after_max_attempts() -> None:
@@ -159,10 +154,10 @@ def _consume_with_outage(source, outage, before: int = 24, after: int = 24) -> l
     return frames
 
 
-def _loss_logged_at(caplog: pytest.LogCaptureFixture) -> float:
+def _loss_logged(caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
     records = [r for r in caplog.records if r.name == "streamer.ingest" and "reconnecting" in r.getMessage()]
     assert records, "the loss of the stream was never logged"
-    return records[0].created
+    return records[0]
 
 
 def _check_continued(frames: list, stats) -> None:
@@ -198,7 +193,7 @@ def test_udp_stream_killed_mid_stream_is_detected_and_reconnected(caplog: pytest
         restart.cancel()
         first.stop()
         second.stop()
-    detected_after = _loss_logged_at(caplog) - killed_at[0]
+    detected_after = _loss_logged(caplog).created - killed_at[0]
     assert detected_after < stall_timeout + 2.0, f"loss noticed only after {detected_after:.1f}s"
     assert frames[-1].image.shape == (60, 80, 3)
     _check_continued(frames, stats)
@@ -213,7 +208,8 @@ def test_tcp_stream_that_hangs_is_detected_within_stall_timeout_then_reconnects(
     second = LiveServer("tcp", port, tint=(0, 0, 120))
     stall_timeout = 1.5
     policy = ReconnectPolicy(stall_timeout=stall_timeout, initial_delay=0.2, max_delay=1.0, max_attempts=30)
-    restart = threading.Timer(stall_timeout + 1.0, lambda: (first.kill(), second.start()))
+    # killed only after the stall must already have been noticed, so the kill's EOF cannot be what ends it
+    restart = threading.Timer(stall_timeout + 2.5, lambda: (first.kill(), second.start()))
     paused_at: list[float] = []
 
     def hang_then_restart() -> None:
@@ -232,6 +228,8 @@ def test_tcp_stream_that_hangs_is_detected_within_stall_timeout_then_reconnects(
         restart.cancel()
         first.stop()
         second.stop()
-    detected_after = _loss_logged_at(caplog) - paused_at[0]
+    loss = _loss_logged(caplog)
+    detected_after = loss.created - paused_at[0]
     assert detected_after < stall_timeout + 2.0, f"stall noticed only after {detected_after:.1f}s"
+    assert "no data" in loss.getMessage() or "stalled" in loss.getMessage()
     _check_continued(frames, stats)

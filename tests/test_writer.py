@@ -17,7 +17,7 @@ from PIL import Image
 
 from streamer.masks import DAVIS_PALETTE, overlay, read_index_mask, rle_decode
 from streamer.writer import OutputWriter, WriterError, durable_frames
-from videos import render_moving_shapes
+from videos import interior, render_moving_shapes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,20 +79,12 @@ def test_overlay_mp4_pngs_and_rle_round_trip(tmp_path: Path, scene) -> None:
         expected = overlay(frames[i], masks[i], 0.5).astype(float)
         got = images[i].astype(float)
         for label in (1, 2):
-            inside = _interior(masks[i] == label)
+            inside = interior(masks[i] == label)
             assert np.abs(got[inside] - expected[inside]).mean() < 8
             assert np.abs(got[inside] - frames[i][inside]).mean() > 40
-        outside = _interior(masks[i] == 0)
+        outside = interior(masks[i] == 0)
         assert np.abs(got[outside] - frames[i][outside].astype(float)).mean() < 8
     _check_masks(out, masks)
-
-
-def _interior(binary: np.ndarray) -> np.ndarray:
-    inner = binary.copy()
-    for axis in (0, 1):
-        for shift in (-2, 2):
-            inner &= np.roll(binary, shift, axis=axis)
-    return inner
 
 
 def test_working_size_masks_are_upscaled_and_odd_sizes_encode(tmp_path: Path) -> None:
@@ -178,7 +170,8 @@ def test_a_rerun_replaces_old_outputs_only_at_close(tmp_path: Path, scene) -> No
     writer = OutputWriter(tmp_path, fps=24, source_size=SIZE)
     for i in range(FRAMES):
         writer.write(i, frames[i], masks[i])
-    assert len(os.listdir(tmp_path / "masks")) == 4  # the earlier result stays whole until the new one is done
+    # the earlier result stays whole until the new one is done
+    assert len(os.listdir(tmp_path / "masks")) == 4
     writer.close()
     _check_masks(tmp_path, masks)
     assert not any(p.name.endswith((".part", ".old")) for p in tmp_path.iterdir())
@@ -214,7 +207,8 @@ CRASHING_WRITER = textwrap.dedent(
 def test_resume_after_a_killed_writer_keeps_durable_masks(tmp_path: Path, scene) -> None:
     frames, masks = scene
     out = tmp_path / "job"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    paths = [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     done = subprocess.run([sys.executable, "-c", CRASHING_WRITER, str(out), "17"], env=env, timeout=60)
     assert done.returncode == -9
     assert not (out / "masks").exists() and not (out / "overlay.mp4").exists()
@@ -228,5 +222,5 @@ def test_resume_after_a_killed_writer_keeps_durable_masks(tmp_path: Path, scene)
     _check_masks(out, masks)
     _, images = _decode(out / "overlay.mp4")
     assert len(images) == FRAMES
-    inside = _interior(masks[5] == 1)
+    inside = interior(masks[5] == 1)
     assert np.abs(images[5][inside].astype(float) - overlay(frames[5], masks[5])[inside]).mean() < 8

@@ -123,6 +123,15 @@ def write_moving_shape_video(
     return masks
 
 
+def interior(binary: np.ndarray, margin: int = 2) -> np.ndarray:
+    """A binary mask shrunk by ``margin`` pixels, away from the edges that lossy compression blurs."""
+    inner = binary.copy()
+    for axis in (0, 1):
+        for shift in (-margin, margin):
+            inner &= np.roll(binary, shift, axis=axis)
+    return inner
+
+
 def write_first_mask(path: str | Path, mask: np.ndarray) -> Path:
     """Write the first-frame mask a job starts from, as a DAVIS palette PNG."""
     path = Path(path)
@@ -134,14 +143,16 @@ def write_first_mask(path: str | Path, mask: np.ndarray) -> Path:
 
 
 def truncate_file(source: str | Path, destination: str | Path, fraction: float = 0.6) -> Path:
-    """Copy the first ``fraction`` of a file's bytes, as an interrupted download or a crashed recorder leaves it."""
+    """Copy the first ``fraction`` of a file's bytes, as a broken download or crashed recorder leaves it."""
     data = Path(source).read_bytes()
     destination = Path(destination)
     destination.write_bytes(data[: int(len(data) * fraction)])
     return destination
 
 
-def corrupt_file(source: str | Path, destination: str | Path, start: float = 0.05, end: float = 0.7, seed: int = 3) -> Path:
+def corrupt_file(
+    source: str | Path, destination: str | Path, start: float = 0.05, end: float = 0.7, seed: int = 3
+) -> Path:
     """Copy a file with the bytes between ``start`` and ``end`` (fractions of its size) replaced by noise.
 
     For an MP4 written without faststart the index is at the end and survives, so the container opens
@@ -209,7 +220,7 @@ class LiveServer:
             "--size", f"{self.size[0]}x{self.size[1]}", "--tint", ",".join(map(str, self.tint)),
             "--lifetime", str(self.lifetime),
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return self
 
     def kill(self) -> None:
@@ -232,8 +243,6 @@ class LiveServer:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGCONT)
             self.kill()
-            if self.process.stderr is not None:
-                self.process.stderr.close()
             self.process = None
 
     def __enter__(self) -> LiveServer:
@@ -243,7 +252,9 @@ class LiveServer:
         self.stop()
 
 
-def serve_live(transport: str, port: int, fps: int, size: Size, tint: tuple[int, int, int], lifetime: float) -> None:
+def serve_live(
+    transport: str, port: int, fps: int, size: Size, tint: tuple[int, int, int], lifetime: float
+) -> None:
     """Send moving shapes as real-time MPEG-TS until killed or ``lifetime`` seconds pass.
 
     UDP sends to a client listening on the port; TCP listens on the port and serves one client
@@ -281,9 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--lifetime", type=float, default=60.0)
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
-    tint = tuple(int(v) for v in args.tint.split(","))
+    red, green, blue = (int(v) for v in args.tint.split(","))
     try:
-        serve_live(args.transport, args.port, args.fps, (width, height), tint, args.lifetime)  # type: ignore[arg-type]
+        serve_live(args.transport, args.port, args.fps, (width, height), (red, green, blue), args.lifetime)
     except (BrokenPipeError, ConnectionError, av.FFmpegError) as error:
         print(f"live server stopped: {error}", file=sys.stderr)
 
