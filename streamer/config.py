@@ -1,0 +1,295 @@
+"""Daemon configuration: one typed, frozen `VosdConfig`, read from YAML, overridable by environment.
+
+Precedence, highest first: ``VOSD_*`` environment variables (nested fields with ``__``, e.g.
+``VOSD_XMEM__MEM_EVERY=10``, ``VOSD_REDIS__URL=redis://host:6379/0``,
+``VOSD_WORKERS__DEVICES='["cuda:0","cuda:1"]'``), then the YAML file, then the defaults below, which
+configs/default.yaml repeats with a comment on every field. Unknown keys are errors, in the file and in
+``VOSD_`` variables alike, so a misspelt option never silently keeps its default.
+
+Wiring::
+
+    config = load_config(path)                       # ConfigError with file and field on bad input
+    logger.info("config: %s", config.summary())      # secrets masked
+    endpoint = resolve_redis(config.redis.url, config.data_dir)
+    queues = config.transport.queues()              # QueueSettings for every socket
+    config.worker_endpoint(i), config.writer_endpoint(), config.events_endpoint()
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from streamer.transport import LiveDropPolicy, QueueSettings
+
+MAX_IPC_PATH = 100
+"""ipc:// paths longer than this (bytes) do not fit in a Unix socket address."""
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the file (if any) and each bad field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisSettings(_Section):
+    """Where job records live and how the job queue recovers from dead workers."""
+
+    url: str = Field(
+        default="",
+        description="Redis URL (redis://, rediss://, unix://). Empty: start a private embedded Redis in data_dir/redis.",
+    )
+    key_prefix: str = Field(default="vosd", description="Prefix of every Redis key, so daemons can share a server.")
+    max_attempts: int = Field(
+        default=3, ge=1, description="Deliveries of a job before it is dead-lettered and marked failed."
+    )
+    visibility_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds without a heartbeat after which a running job is re-taken by another worker.",
+    )
+    heartbeat_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between heartbeats of a running job (progress, lease, cancel check).",
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> RedisSettings:
+        if self.heartbeat_interval_s * 3 > self.visibility_timeout_s:
+            raise ValueError("heartbeat_interval_s must be at most a third of visibility_timeout_s")
+        return self
+
+
+class TransportSettings(_Section):
+    """ZeroMQ endpoints and queue sizes. Queues count frames, not bytes: one frame is size x size*aspect x 3."""
+
+    worker_endpoint: str = Field(
+        default="ipc://{data_dir}/run/worker-{index}.sock",
+        description="Endpoint each worker binds; {index} is the worker number, {data_dir} the data directory. "
+        "Example for TCP: tcp://127.0.0.1:560{index}.",
+    )
+    writer_endpoint: str = Field(
+        default="ipc://{data_dir}/run/writer.sock", description="Endpoint the writer binds for results."
+    )
+    events_endpoint: str = Field(
+        default="ipc://{data_dir}/run/events.sock",
+        description="Endpoint the daemon binds for progress, heartbeats and errors from its processes.",
+    )
+    batch_queue_frames: int = Field(
+        default=8, ge=1, description="Frames in flight per batch job between decoder and worker (lossless)."
+    )
+    live_queue_frames: int = Field(
+        default=1, ge=1, description="Frames in flight per live job; 1 gives the freshest frames."
+    )
+    results_queue_frames: int = Field(
+        default=16, ge=1, description="Masks queued from a worker to the writer before the worker waits."
+    )
+    live_drop_policy: LiveDropPolicy = Field(
+        default=LiveDropPolicy.DROP_OLDEST,
+        description="Live jobs with no room: drop_oldest keeps the newest frame, drop_newest keeps the held one.",
+    )
+    peer_timeout_s: float = Field(
+        default=30.0, gt=0, description="Seconds a sender waits for a silent peer before failing the job."
+    )
+    end_of_stream_timeout_s: float = Field(
+        default=30.0, gt=0, description="Seconds the decoder waits for the worker to acknowledge end of stream."
+    )
+
+    def queues(self) -> QueueSettings:
+        return QueueSettings(
+            batch_frames=self.batch_queue_frames,
+            live_frames=self.live_queue_frames,
+            results_frames=self.results_queue_frames,
+            live_policy=self.live_drop_policy,
+        )
+
+
+class SourceSettings(_Section):
+    """How sources are opened and how live ones recover."""
+
+    open_timeout_s: float = Field(default=10.0, gt=0, description="Seconds to open a file, stream or camera.")
+    stall_timeout_s: float = Field(
+        default=10.0, gt=0, description="Live sources: seconds without a frame before the source is reopened."
+    )
+    reconnect_initial_delay_s: float = Field(
+        default=0.5, ge=0, description="Live sources: first wait before reopening; doubles after each failure."
+    )
+    reconnect_max_delay_s: float = Field(
+        default=10.0, ge=0, description="Live sources: longest wait between reopening attempts."
+    )
+    reconnect_attempts: int = Field(
+        default=0, ge=0, description="Live sources: failed reopenings in a row before the job fails; 0 = never give up."
+    )
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> SourceSettings:
+        if self.reconnect_max_delay_s < self.reconnect_initial_delay_s:
+            raise ValueError("reconnect_max_delay_s must be at least reconnect_initial_delay_s")
+        return self
+
+
+class WorkerSettings(_Section):
+    """Worker processes: one per device, each holding several jobs."""
+
+    devices: list[str] = Field(
+        default_factory=lambda: ["cpu"], min_length=1, description='Devices, one worker each, e.g. ["cuda:0", "cuda:1"].'
+    )
+    jobs_per_worker: int = Field(default=4, ge=1, description="Jobs a worker holds at once; more wait in the queue.")
+    size: int = Field(
+        default=480, description="Working resolution: shorter side in pixels the model sees; -1 = source size."
+    )
+    max_objects: int = Field(default=16, ge=1, le=255, description="Objects allowed in a first-frame mask.")
+    model_path: str = Field(default="", description="XMem checkpoint (.pth). Empty: the bundled default weights.")
+
+    @field_validator("devices")
+    @classmethod
+    def _device_names(cls, devices: list[str]) -> list[str]:
+        for device in devices:
+            if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+                raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps")
+        return devices
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, size: int) -> int:
+        if size != -1 and size < 64:
+            raise ValueError("size must be -1 (source size) or at least 64 pixels")
+        return size
+
+
+class XMemSettings(_Section):
+    """XMem inference options, with XMem's official names and defaults."""
+
+    mem_every: int = Field(default=5, ge=1, description="Frames between additions to working memory.")
+    top_k: int = Field(default=30, ge=1, description="Memory entries each query pixel reads from (top-k softmax).")
+    deep_update_every: int = Field(
+        default=-1, ge=-1, description="Frames between deep updates of sensory memory; -1 = with every memory frame."
+    )
+    enable_long_term: bool = Field(default=True, description="Compress old working memory into long-term memory.")
+    enable_long_term_count_usage: bool = Field(
+        default=True, description="Count how often long-term entries are read, to evict the least used."
+    )
+    max_mid_term_frames: int = Field(
+        default=10, ge=2, description="Working-memory frames before compression into long-term memory."
+    )
+    min_mid_term_frames: int = Field(default=5, ge=1, description="Working-memory frames kept after compression.")
+    num_prototypes: int = Field(default=128, ge=1, description="Long-term prototypes created per compression.")
+    max_long_term_elements: int = Field(
+        default=10000, ge=1, description="Long-term memory cap in elements; least-used are evicted beyond it."
+    )
+
+    @model_validator(mode="after")
+    def _mid_term_range(self) -> XMemSettings:
+        if self.min_mid_term_frames >= self.max_mid_term_frames:
+            raise ValueError("min_mid_term_frames must be smaller than max_mid_term_frames")
+        return self
+
+
+class WriterSettings(_Section):
+    """What the writer produces for each job."""
+
+    overlay_alpha: float = Field(default=0.5, ge=0, le=1, description="Mask opacity in the overlay MP4 (0-1).")
+    crf: int = Field(default=20, ge=0, le=51, description="H.264 constant rate factor; lower is better and larger.")
+    write_overlay: bool = Field(default=True, description="Write overlay.mp4 (source frames with masks drawn).")
+    write_pngs: bool = Field(default=True, description="Write one palette PNG index mask per frame in masks/.")
+    write_rle_json: bool = Field(default=True, description="Write masks.jsonl: COCO-style RLE per object per frame.")
+
+
+class VosdConfig(BaseSettings):
+    """Everything `vosd serve` and the CLI need; see configs/default.yaml for the commented defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VOSD_", env_nested_delimiter="__", extra="forbid", frozen=True, case_sensitive=False
+    )
+
+    data_dir: Path = Field(
+        default=Path("~/.local/share/vosd"),
+        description="Directory for the embedded Redis, ipc sockets and default job outputs.",
+    )
+    log_level: str = Field(default="INFO", description="Logging level: DEBUG, INFO, WARNING or ERROR.")
+    redis: RedisSettings = Field(default_factory=RedisSettings, description="Job store and queue.")
+    transport: TransportSettings = Field(default_factory=TransportSettings, description="Sockets and queues.")
+    sources: SourceSettings = Field(default_factory=SourceSettings, description="Opening and reconnecting sources.")
+    workers: WorkerSettings = Field(default_factory=WorkerSettings, description="Worker processes and model.")
+    xmem: XMemSettings = Field(default_factory=XMemSettings, description="XMem inference options.")
+    writer: WriterSettings = Field(default_factory=WriterSettings, description="Job outputs.")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, path: Path) -> Path:
+        return path.expanduser()
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, level: str) -> str:
+        if level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        return level.upper()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment over the YAML values passed in by `load_config`; no .env or secrets files."""
+        return env_settings, init_settings
+
+    def worker_endpoint(self, index: int) -> str:
+        return self._endpoint(self.transport.worker_endpoint, index=index)
+
+    def writer_endpoint(self) -> str:
+        return self._endpoint(self.transport.writer_endpoint)
+
+    def events_endpoint(self) -> str:
+        return self._endpoint(self.transport.events_endpoint)
+
+    def summary(self) -> dict[str, Any]:
+        """The effective configuration for the startup log, with any password in the Redis URL masked."""
+        data = self.model_dump(mode="json")
+        data["redis"]["url"] = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", data["redis"]["url"])
+        return data
+
+    def _endpoint(self, template: str, **values: int) -> str:
+        endpoint = template.format(data_dir=self.data_dir, **values)
+        if endpoint.startswith("ipc://") and len(endpoint.removeprefix("ipc://").encode()) > MAX_IPC_PATH:
+            raise ConfigError(f"ipc endpoint too long for a Unix socket ({endpoint}); use a shorter data_dir or tcp://")
+        return endpoint
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None) -> VosdConfig:
+    """Read `path` (YAML mapping; None = defaults only), apply VOSD_* variables, validate."""
+    data: Any = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{where}: cannot read configuration: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: the top level must be a mapping of sections")
+    try:
+        return VosdConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{where} (with VOSD_* environment overrides): invalid configuration:\n{_describe(exc)}") from None
