@@ -1,0 +1,301 @@
+"""The decoder process: one per job, so a source that hangs or crashes takes down nothing but itself.
+
+It opens the source (streamer/ingest.py), checks the first-frame mask against it, then for every decoded
+frame sends the working-size image to the job's worker and the full-size image to the writer::
+
+    decoder -> writer   JobStart (opens the outputs), full-size Frame..., Cancel
+    decoder -> worker   JobStart, working-size Frame..., EndOfStream | Cancel   (FrameSender, credits)
+    decoder -> daemon   Progress (frames_total when known), Error (source or mask unusable, worker refused)
+
+Batch jobs are lossless: `FrameSender.send_frame` blocks until the worker has room, so the decoder runs
+exactly as fast as the model. Live jobs never block: the sender keeps the newest frame and counts the ones
+it drops; the full-size copy goes to the writer only for frames that were actually handed to the worker,
+so the writer never waits for a mask that will not come.
+
+End of stream is a handshake (`FrameSender.finish` waits for the worker's EndAck), so the last frames of a
+file are never lost when this process exits. Every failure path reports an Error to the daemon with a
+message meant for the job's status, then exits; SIGTERM (cancel or daemon shutdown) cancels the job on
+the worker and the writer and exits.
+
+States: OPENING -> STREAMING -> FINISHING -> DONE, or FAILED / CANCELLED from any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import zmq
+
+from streamer.messages import Cancel, ErrorMessage, FrameMessage, JobStart, Message, Progress
+from streamer.transport import FrameSender, JobRejected, QueueSettings, ResultSender, SendOutcome, TransportError
+
+logger = logging.getLogger(__name__)
+
+
+class DecoderState(str, Enum):
+    """Lifecycle of one job's decoder, logged on every change."""
+
+    OPENING = "opening"
+    STREAMING = "streaming"
+    FINISHING = "finishing"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class DecoderSettings:
+    """One job's decoder: what to read, where to send it. Built by the daemon, picklable for spawn."""
+
+    job_id: str
+    source: str
+    mask_path: str | None
+    live: bool
+    worker_endpoint: str
+    writer_endpoint: str
+    events_endpoint: str
+    queues: QueueSettings = field(default_factory=QueueSettings)
+    size: int = 480
+    """Shorter side of the frames sent to the worker; -1 sends them at the source size."""
+    max_objects: int = 16
+    options: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    open_timeout_s: float = 10.0
+    stall_timeout_s: float = 10.0
+    """Live sources: no frame for this long means the stream is lost and is reopened."""
+    reconnect_attempts: int | None = None
+    """Live sources: failed reopenings in a row before the job fails; None keeps trying."""
+    reconnect_initial_delay_s: float = 0.5
+    reconnect_max_delay_s: float = 10.0
+    max_frames: int | None = None
+    """Stop (and finish the job normally) after this many frames; None reads to the end (live: forever)."""
+    peer_timeout_s: float = 30.0
+
+
+class JobInputError(ValueError):
+    """The job's inputs cannot be used (mask file, mask content); the text goes into the job status."""
+
+
+class _StopFlag:
+    """Set by SIGTERM; checked between frames and while waiting for the worker."""
+
+    def __init__(self) -> None:
+        self.set = False
+
+    def __call__(self) -> bool:
+        return self.set
+
+
+def load_first_mask(path: str | None, source_size: tuple[int, int], max_objects: int) -> np.ndarray:
+    """Read and check the first-frame mask; raise `JobInputError` with a sentence a user can act on."""
+    from streamer.masks import MaskFileError, read_index_mask
+
+    if path is None:
+        raise JobInputError("the job has no first-frame mask")
+    mask_path = Path(path)
+    if not mask_path.is_file():
+        raise JobInputError(f"first-frame mask {mask_path} not found")
+    try:
+        mask = read_index_mask(mask_path)
+    except (MaskFileError, OSError, ValueError) as exc:
+        raise JobInputError(f"first-frame mask {mask_path} cannot be read: {exc}") from None
+    width, height = source_size
+    if mask.shape != (height, width):
+        raise JobInputError(
+            f"first-frame mask {mask_path.name} is {mask.shape[1]}x{mask.shape[0]} but the video is "
+            f"{width}x{height}; the mask must have the size of the video"
+        )
+    labels = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)[1:]) + 1
+    if labels.size == 0:
+        raise JobInputError(f"first-frame mask {mask_path.name} has no object: every pixel is background (0)")
+    if labels.size > max_objects:
+        raise JobInputError(
+            f"first-frame mask {mask_path.name} has {labels.size} objects; this daemon allows at most {max_objects}"
+        )
+    return mask
+
+
+class Decoder:
+    """One job's decode loop; `run` returns the final state."""
+
+    def __init__(self, settings: DecoderSettings, context: zmq.Context, stop: _StopFlag) -> None:
+        self.settings = settings
+        self.context = context
+        self.stop = stop
+        self.state = DecoderState.OPENING
+        self.events = ResultSender(context, settings.events_endpoint, settings.queues, peer_timeout_s=5.0)
+        self.writer = ResultSender(
+            context, settings.writer_endpoint, settings.queues, should_stop=stop,
+            peer_timeout_s=settings.peer_timeout_s,
+        )  # fmt: skip
+
+    def run(self) -> DecoderState:
+        from streamer.ingest import ReconnectPolicy, SourceError, open_source
+
+        job_id = self.settings.job_id
+        try:
+            source = open_source(
+                self.settings.source,
+                live=self.settings.live,
+                target_size=None if self.settings.size < 0 else self.settings.size,
+                keep_source_image=True,
+                open_timeout=self.settings.open_timeout_s,
+                reconnect=ReconnectPolicy(
+                    stall_timeout=self.settings.stall_timeout_s,
+                    initial_delay=self.settings.reconnect_initial_delay_s,
+                    max_delay=self.settings.reconnect_max_delay_s,
+                    max_attempts=self.settings.reconnect_attempts,
+                ),
+            )
+        except SourceError as exc:
+            return self._fail("source", str(exc))
+        with source:
+            info = source.info
+            try:
+                mask = load_first_mask(self.settings.mask_path, (info.width, info.height), self.settings.max_objects)
+            except JobInputError as exc:
+                return self._fail("mask", str(exc))
+            start = JobStart(
+                job_id=job_id,
+                live=self.settings.live,
+                source_size=(info.width, info.height),
+                fps=info.fps,
+                options=self.settings.options,
+                outputs=self.settings.outputs,
+                mask=mask,
+            )
+            total = info.frame_count
+            if self.settings.max_frames is not None:
+                total = self.settings.max_frames if total is None else min(total, self.settings.max_frames)
+            self._report(Progress(job_id=job_id, frames_done=0, frames_total=total))
+            try:
+                self.writer.send(start)
+                return self._stream(source, start)
+            except (SourceError, TransportError) as exc:
+                self._cancel_writer("decoder stopped")
+                if isinstance(exc, SourceError):
+                    return self._fail("source", str(exc))
+                if self.stop():
+                    return self._cancelled()
+                code = "rejected" if isinstance(exc, JobRejected) else "transport"
+                return self._fail(code, str(exc))
+
+    def _stream(self, source: Any, start: JobStart) -> DecoderState:
+        settings = self.settings
+        with FrameSender(
+            self.context, settings.worker_endpoint, settings.job_id, live=settings.live, queues=settings.queues,
+            should_stop=self.stop, peer_timeout_s=settings.peer_timeout_s,
+        ) as sender:  # fmt: skip
+            sender.open(start, timeout_s=settings.peer_timeout_s)
+            self._set_state(DecoderState.STREAMING)
+            try:
+                return self._send_frames(source, sender)
+            except (SourceError, TransportError) as exc:
+                sender.cancel(f"decoder stopped: {type(exc).__name__}")
+                raise
+
+    def _send_frames(self, source: Any, sender: FrameSender) -> DecoderState:
+        """Batch: every frame, waiting for room. Live: the newest frame, counting drops."""
+        job_id = self.settings.job_id
+        held: FrameMessage | None = None
+        for decoded in source:
+            if self.settings.max_frames is not None and decoded.index >= self.settings.max_frames:
+                break
+            if self.stop():
+                sender.cancel("cancelled")
+                self._cancel_writer("cancelled")
+                return self._cancelled()
+            full, working = (
+                FrameMessage(
+                    job_id=job_id,
+                    index=decoded.index,
+                    image=image,
+                    pts=decoded.pts_seconds,
+                    capture_time=decoded.wall_time,
+                    source_size=tuple(decoded.source_size),
+                    dropped=sender.stats.dropped,
+                )
+                for image in (decoded.source_image, decoded.image)
+            )
+            if not self.settings.live:
+                self.writer.send(full)
+                sender.send_frame(working)
+                continue
+            # Live: exactly the frames handed to the worker get their full-size copy sent to the writer.
+            sent_before = sender.stats.sent
+            outcome = sender.send_frame(working)
+            if outcome is SendOutcome.SENT:
+                self.writer.send(full)
+                held = None
+            elif outcome is SendOutcome.HELD:
+                held = full
+            elif sender.stats.sent > sent_before and held is not None:
+                self.writer.send(held)
+                held = None
+        self._set_state(DecoderState.FINISHING)
+        if held is not None:
+            self.writer.send(held)
+        ack = sender.finish(timeout_s=self.settings.peer_timeout_s)
+        logger.info("job=%s end acknowledged frames=%d complete=%s dropped=%d", job_id, ack.frames_received,
+                    ack.complete, sender.stats.dropped)
+        self._set_state(DecoderState.DONE)
+        return self.state
+
+    def _cancel_writer(self, reason: str) -> None:
+        try:
+            self.writer.send(Cancel(job_id=self.settings.job_id, reason=reason))
+        except TransportError as exc:
+            logger.warning("job=%s writer unreachable, cancel not sent: %s", self.settings.job_id, exc)
+
+    def _fail(self, code: str, text: str) -> DecoderState:
+        logger.error("job=%s failed code=%s: %s", self.settings.job_id, code, text)
+        self._report(ErrorMessage(code=code, message=text, job_id=self.settings.job_id))
+        self._set_state(DecoderState.FAILED)
+        return self.state
+
+    def _cancelled(self) -> DecoderState:
+        self._set_state(DecoderState.CANCELLED)
+        return self.state
+
+    def _report(self, message: Message) -> None:
+        try:
+            self.events.send(message)
+        except TransportError as exc:
+            logger.warning("job=%s daemon unreachable, %s not sent: %s", self.settings.job_id, message.KIND.value, exc)
+
+    def _set_state(self, state: DecoderState) -> None:
+        self.state = state
+        logger.info("job=%s decoder state=%s", self.settings.job_id, state.value)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.events.close()
+
+
+def run_decoder(settings: DecoderSettings) -> None:
+    """Entry point of the spawned decoder process of one job."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s decoder %(levelname)s %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = _StopFlag()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        stop.set = True
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    context = zmq.Context()
+    decoder = Decoder(settings, context, stop)
+    started = time.monotonic()
+    try:
+        state = decoder.run()
+        logger.info("job=%s decoder exit state=%s after %.1f s", settings.job_id, state.value, time.monotonic() - started)
+    finally:
+        decoder.close()
+        context.term()

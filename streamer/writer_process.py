@@ -1,0 +1,345 @@
+"""The writer process: one OutputWriter per job, fed by the decoders (full-size frames) and workers (masks).
+
+Why a process of its own: H.264 encoding and PNG compression cost CPU that must not slow the model, and
+outputs must survive a worker crash: this process keeps a job's half-written outputs while the daemon
+restarts the worker and re-runs the job from frame 0.
+
+Messages (one PULL socket, `ResultCollector`)::
+
+    decoder -> writer   JobStart (opens the outputs), full-size Frame..., Cancel
+    worker  -> writer   Mask..., EndOfStream (forwarded after the last mask), Cancel
+    daemon  -> writer   Cancel (the decoder is gone), Shutdown
+    writer  -> daemon   Progress (frames written, dropped, fps, latency), EndOfStream (outputs complete,
+                        under their final names), Error (outputs cannot be written), Heartbeat
+
+Joining. Masks of a job come from one worker, in index order; full-size frames come from one decoder,
+also in index order. A mask is written as soon as its frame is here, so the writer holds at most the
+frames the decoder is ahead of the model (bounded by the transport's credit window). A mask whose index
+was already written is a duplicate from a re-run and is ignored, so after a worker crash each frame is
+still written exactly once. Live jobs skip dropped frames: they are written under consecutive output
+indexes, and a re-run of a live job (new connection, indexes from 0 again) continues after the last
+written frame instead of being mistaken for duplicates.
+
+A job ends when the worker's EndOfStream has arrived and every mask before it is written: batch outputs
+must then hold frames 0..N-1, or the job fails instead of publishing an incomplete result.
+
+States of a job here: OPEN -> ENDING (EndOfStream seen, masks left to join) -> COMPLETE | CANCELLED | FAILED.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import zmq
+
+from streamer.messages import (
+    Cancel,
+    EndOfStream,
+    ErrorMessage,
+    FrameMessage,
+    Heartbeat,
+    JobStart,
+    MaskMessage,
+    Message,
+    Progress,
+    Shutdown,
+)
+from streamer.transport import QueueSettings, ResultCollector, ResultSender, TransportError
+
+logger = logging.getLogger(__name__)
+
+RECEIVE_TIMEOUT_S = 0.1
+PROGRESS_INTERVAL_S = 0.5
+"""How often a running job's counters are sent to the daemon."""
+FINISHED_MEMORY = 512
+"""Finished jobs remembered, so late messages of a job are ignored instead of reopening it."""
+
+
+class JobPhase(str, Enum):
+    OPEN = "open"
+    ENDING = "ending"
+    COMPLETE = "complete"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    """The writer process's endpoints and limits; built by the daemon, picklable for spawn."""
+
+    collector_endpoint: str
+    events_endpoint: str
+    queues: QueueSettings = field(default_factory=QueueSettings)
+    name: str = "writer"
+    heartbeat_s: float = 1.0
+    alpha: float = 0.5
+    crf: int = 20
+    preset: str = "veryfast"
+
+    @property
+    def max_buffered_frames(self) -> int:
+        """Full-size frames a job may hold while waiting for masks (far above what credits allow)."""
+        return 4 * (self.queues.batch_frames + self.queues.results_frames)
+
+
+def output_paths(outputs: dict[str, Any]) -> dict[str, str]:
+    """Final output paths of a job, from the `outputs` object the daemon puts in JobStart."""
+    directory = Path(outputs["dir"])
+    paths = {}
+    if outputs.get("overlay", True):
+        paths["overlay"] = str(directory / "overlay.mp4")
+    if outputs.get("masks", True):
+        paths["masks"] = str(directory / "masks")
+    if outputs.get("rle", True):
+        paths["rle"] = str(directory / "masks.jsonl")
+    return paths
+
+
+@dataclass
+class WriterJob:
+    """Join state of one job."""
+
+    start: JobStart
+    output: Any
+    frames: dict[int, FrameMessage] = field(default_factory=dict)
+    masks: deque[MaskMessage] = field(default_factory=deque)
+    end: EndOfStream | None = None
+    phase: JobPhase = JobPhase.OPEN
+    last_index: int = -1
+    """Highest source index written in the current run."""
+    written: int = 0
+    dropped: int = 0
+    latency_s: float | None = None
+    opened_at: float = field(default_factory=time.monotonic)
+    reported_at: float = 0.0
+    reported_written: int = -1
+
+
+class WriterLoop:
+    """Receives, joins, writes; reports progress and completion to the daemon."""
+
+    def __init__(self, settings: WriterSettings, context: zmq.Context) -> None:
+        self.settings = settings
+        self.jobs: dict[str, WriterJob] = {}
+        self.finished: OrderedDict[str, tuple[JobPhase, EndOfStream | None]] = OrderedDict()
+        self.running = True
+        self._last_heartbeat = 0.0
+        self.events = ResultSender(context, settings.events_endpoint, settings.queues, peer_timeout_s=5.0)
+        self.collector = ResultCollector(context, settings.collector_endpoint, settings.queues)
+        logger.info("writer ready endpoint=%s", self.collector.endpoint)
+
+    def run(self) -> None:
+        try:
+            while self.running:
+                message = self.collector.receive(timeout_s=RECEIVE_TIMEOUT_S)
+                if message is not None:
+                    self._handle(message)
+                self._periodic()
+        finally:
+            for job_id in list(self.jobs):
+                self._abort(job_id, JobPhase.CANCELLED, "writer stopped")
+            self._heartbeat(force=True)
+            self.collector.close()
+            self.events.close()
+
+    def _handle(self, message: Message) -> None:
+        if isinstance(message, Shutdown):
+            logger.info("writer shutdown reason=%s", message.reason)
+            self.running = False
+            return
+        if isinstance(message, JobStart):
+            self._open(message)
+            return
+        job_id = getattr(message, "job_id", None)
+        job = self.jobs.get(job_id) if job_id else None
+        if job is None:
+            if job_id not in self.finished:
+                logger.debug("message kind=%s for unknown job=%s ignored", message.KIND.value, job_id)
+            return
+        try:
+            if isinstance(message, FrameMessage):
+                self._frame(job, message)
+            elif isinstance(message, MaskMessage):
+                job.masks.append(message)
+            elif isinstance(message, EndOfStream):
+                job.end = message
+                job.phase = JobPhase.ENDING
+            elif isinstance(message, Cancel):
+                self._abort(job.start.job_id, JobPhase.CANCELLED, message.reason)
+                return
+            else:
+                logger.warning("job=%s unexpected kind=%s", job.start.job_id, message.KIND.value)
+            self._join(job)
+        except Exception as exc:  # noqa: BLE001 - one job's broken output must not stop the others
+            logger.exception("job=%s writing failed", job.start.job_id)
+            self._abort(job.start.job_id, JobPhase.FAILED, f"cannot write outputs: {exc}")
+
+    def _open(self, start: JobStart) -> None:
+        job_id = start.job_id
+        previous = self.finished.get(job_id)
+        if previous is not None and previous[0] is JobPhase.COMPLETE:
+            self._report(previous[1])  # a re-run of a job whose outputs are already complete
+            return
+        job = self.jobs.get(job_id)
+        if job is not None:
+            if job.start.live:  # a live re-run is new footage: keep writing after what is written
+                job.frames.clear()
+                job.masks.clear()
+                job.last_index = -1
+            job.end, job.phase, job.start = None, JobPhase.OPEN, start
+            logger.info("job=%s re-run attempt=%s written_so_far=%d", job_id, start.outputs.get("attempt"),
+                        job.written)
+            return
+        self.finished.pop(job_id, None)
+        from streamer.writer import OutputWriter
+
+        paths = output_paths(start.outputs)
+        try:
+            output = OutputWriter(
+                fps=start.fps or 25.0,
+                source_size=start.source_size,
+                overlay_path=paths.get("overlay"),
+                masks_dir=paths.get("masks"),
+                rle_path=paths.get("rle"),
+                alpha=self.settings.alpha,
+                crf=self.settings.crf,
+                preset=self.settings.preset,
+            )
+        except (OSError, ValueError) as exc:
+            self._report(ErrorMessage(code="writer", message=f"cannot create outputs: {exc}", job_id=job_id))
+            self._remember(job_id, JobPhase.FAILED, None)
+            return
+        self.jobs[job_id] = WriterJob(start=start, output=output)
+        logger.info("job=%s outputs opened %s", job_id, paths)
+
+    def _frame(self, job: WriterJob, frame: FrameMessage) -> None:
+        job.dropped = max(job.dropped, frame.dropped)
+        if frame.index <= job.last_index:
+            return  # already written by an earlier run
+        job.frames[frame.index] = frame
+        if len(job.frames) > self.settings.max_buffered_frames:
+            oldest = min(job.frames)
+            del job.frames[oldest]
+            logger.warning("job=%s frame=%d dropped: no mask came for it", job.start.job_id, oldest)
+
+    def _join(self, job: WriterJob) -> None:
+        """Write every mask whose frame is here, in arrival (= index) order; finish when the run has ended."""
+        while job.masks:
+            mask = job.masks[0]
+            if mask.index <= job.last_index:
+                job.masks.popleft()
+                continue
+            frame = job.frames.pop(mask.index, None)
+            if frame is None:
+                if job.frames and max(job.frames) > mask.index:
+                    job.masks.popleft()  # frames arrive in order: this one is not coming any more
+                    logger.warning("job=%s frame=%d never arrived; mask dropped", job.start.job_id, mask.index)
+                    continue
+                break
+            job.masks.popleft()
+            for stale in [index for index in job.frames if index < mask.index]:
+                del job.frames[stale]
+            output_index = job.written if job.start.live else mask.index
+            job.output.write(output_index, frame.image, mask.mask)
+            job.last_index = mask.index
+            job.written = job.output.frames_written
+            job.latency_s = time.time() - mask.capture_time
+        if job.phase is JobPhase.ENDING and not job.masks:
+            self._complete(job)
+
+    def _complete(self, job: WriterJob) -> None:
+        assert job.end is not None
+        job_id = job.start.job_id
+        if not job.start.live and job.written != job.end.frames_sent:
+            self._abort(
+                job_id,
+                JobPhase.FAILED,
+                f"outputs incomplete: {job.written} of {job.end.frames_sent} frames written",
+            )
+            return
+        report = job.output.close()
+        done = EndOfStream(
+            job_id=job_id, frames_total=report.frames_written, frames_sent=job.end.frames_sent,
+            frames_dropped=job.end.frames_dropped,
+        )  # fmt: skip
+        self._send_progress(job)
+        del self.jobs[job_id]
+        self._remember(job_id, JobPhase.COMPLETE, done)
+        self._report(done)
+        logger.info("job=%s complete frames=%d duplicates=%d seconds=%.1f", job_id, report.frames_written,
+                    report.duplicates, time.monotonic() - job.opened_at)
+
+    def _abort(self, job_id: str, phase: JobPhase, reason: str) -> None:
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return
+        job.output.abort()
+        self._remember(job_id, phase, None)
+        if phase is JobPhase.FAILED:
+            self._report(ErrorMessage(code="writer", message=reason, job_id=job_id))
+        logger.info("job=%s outputs discarded phase=%s reason=%s", job_id, phase.value, reason)
+
+    def _remember(self, job_id: str, phase: JobPhase, done: EndOfStream | None) -> None:
+        self.finished[job_id] = (phase, done)
+        while len(self.finished) > FINISHED_MEMORY:
+            self.finished.popitem(last=False)
+
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        for job in self.jobs.values():
+            if now - job.reported_at >= PROGRESS_INTERVAL_S and job.written != job.reported_written:
+                self._send_progress(job)
+        self._heartbeat()
+
+    def _send_progress(self, job: WriterJob) -> None:
+        job.reported_at = time.monotonic()
+        job.reported_written = job.written
+        elapsed = max(job.reported_at - job.opened_at, 1e-6)
+        self._report(
+            Progress(
+                job_id=job.start.job_id,
+                frames_done=job.written,
+                frames_dropped=job.dropped,
+                fps=job.written / elapsed,
+                latency_s=job.latency_s,
+            )
+        )
+
+    def _heartbeat(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_heartbeat >= self.settings.heartbeat_s:
+            self._last_heartbeat = now
+            self._report(Heartbeat(process=self.settings.name, sent_at=time.time(), jobs=tuple(self.jobs)))
+
+    def _report(self, message: Message | None) -> None:
+        if message is None:
+            return
+        try:
+            self.events.send(message)
+        except TransportError as exc:
+            logger.warning("writer: daemon unreachable, %s not sent: %s", message.KIND.value, exc)
+
+
+def run_writer(settings: WriterSettings) -> None:
+    """Entry point of the spawned writer process."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {settings.name} %(levelname)s %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    context = zmq.Context()
+    loop = WriterLoop(settings, context)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        loop.running = False
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        loop.run()
+    finally:
+        context.term()

@@ -1,0 +1,315 @@
+"""The worker process: one network on one device, several jobs at once, each with its own VideoSession.
+
+Why one process per device: the network is loaded once and stays resident (no fork per job, no CUDA
+re-initialisation), and XMem's per-video memory lives here, so every frame of a job is routed to this
+process (streamer/transport.py) and nowhere else.
+
+Messages::
+
+    decoder -> worker   JobStart, Frame..., EndOfStream | Cancel        (FrameInbox, credit flow control)
+    worker  -> writer   Mask..., EndOfStream | Cancel (forwarded)        (ResultSender, lossless)
+    worker  -> daemon   Heartbeat (every `heartbeat_s`), Error (a job failed here)
+    daemon  -> worker   Shutdown (drain: finish held jobs first)
+
+The loop has explicit states: STARTING (loading the network, nothing bound yet), READY, DRAINING (no new
+jobs, finishing the held ones), STOPPED. The inbox is bound only once the network is loaded, so a decoder
+can never send frames to a worker that cannot take them yet.
+
+Per-job options are daemon-wide inference options overridden by the job's own (JobStart.options), so one
+job can use a different `mem_every` without touching the others. A job whose mask or options cannot be
+used is rejected at JobStart with a sentence that says why; the decoder reports it to the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import zmq
+
+from streamer.messages import (
+    Cancel,
+    EndOfStream,
+    ErrorMessage,
+    FrameMessage,
+    Heartbeat,
+    JobStart,
+    MaskMessage,
+    Message,
+    Shutdown,
+)
+from streamer.transport import FrameInbox, QueueSettings, ResultSender, TransportError
+
+logger = logging.getLogger(__name__)
+
+RECEIVE_TIMEOUT_S = 0.2
+"""Longest wait for a message before the loop checks heartbeats and stop requests again."""
+
+
+class WorkerState(str, Enum):
+    """Lifecycle of a worker process, logged on every change."""
+
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker process needs; built by the daemon from `VosdConfig`, picklable for spawn."""
+
+    name: str
+    """Process name used in heartbeats and logs, e.g. ``worker-0``."""
+    device: str
+    """Torch device the network lives on: ``cpu``, ``cuda:0``..."""
+    checkpoint: str
+    """Path of the XMem checkpoint (official state-dict format)."""
+    inbox_endpoint: str
+    writer_endpoint: str
+    events_endpoint: str
+    queues: QueueSettings = field(default_factory=QueueSettings)
+    inference: dict[str, Any] = field(default_factory=dict)
+    """Daemon-wide XMem inference options; a job's own options override them."""
+    size: int = 480
+    """Working size: shorter side of the frames XMem sees (-1 keeps the frame size)."""
+    max_jobs: int = 4
+    max_objects: int = 16
+    threads: int = 0
+    """Torch intra-op threads on CPU; 0 leaves torch's default."""
+    heartbeat_s: float = 1.0
+    peer_timeout_s: float = 30.0
+    idle_timeout_s: float = 60.0
+    """A job that receives nothing for this long lost its decoder (killed, cancel message lost): dropped."""
+
+
+@dataclass
+class WorkerJob:
+    """One job held by this worker: its session and counters."""
+
+    start: JobStart
+    session: Any
+    first_mask: np.ndarray | None
+    frames: int = 0
+    seconds: float = 0.0
+    last_message: float = field(default_factory=time.monotonic)
+
+
+class JobSetupError(ValueError):
+    """A job this worker cannot run; the text goes into the job's error field."""
+
+
+class Worker:
+    """One worker loop: receive, step the job's session, send the mask; heartbeat between messages."""
+
+    def __init__(self, settings: WorkerSettings, network: Any, context: zmq.Context) -> None:
+        self.settings = settings
+        self.network = network
+        self.state = WorkerState.STARTING
+        self.jobs: dict[str, WorkerJob] = {}
+        self._stop_requested = False
+        self._last_heartbeat = 0.0
+        self.events = ResultSender(context, settings.events_endpoint, settings.queues, peer_timeout_s=5.0)
+        self.results = ResultSender(
+            context,
+            settings.writer_endpoint,
+            settings.queues,
+            should_stop=lambda: self._stop_requested and self.state is not WorkerState.DRAINING,
+            peer_timeout_s=settings.peer_timeout_s,
+        )
+        self.inbox = FrameInbox(context, settings.inbox_endpoint, settings.queues)
+        self._set_state(WorkerState.READY)
+
+    def request_stop(self, *, drain: bool) -> None:
+        """Called from the signal handler or on Shutdown: drain finishes held jobs, otherwise leave now."""
+        if drain and self.state is WorkerState.READY:
+            self._set_state(WorkerState.DRAINING)
+        else:
+            self._stop_requested = True
+
+    def run(self) -> None:
+        """The loop; returns when stopped, or when draining and no job is left."""
+        try:
+            while not self._stop_requested and not (self.state is WorkerState.DRAINING and not self.jobs):
+                self._heartbeat()
+                message = self.inbox.receive(timeout_s=RECEIVE_TIMEOUT_S)
+                if message is not None:
+                    self._handle(message)
+                self._evict_idle()
+        finally:
+            self._set_state(WorkerState.STOPPED)
+            self._heartbeat(force=True)
+            self.inbox.close()
+            self.results.close()
+            self.events.close()
+
+    def _handle(self, message: Message) -> None:
+        if isinstance(message, FrameMessage):
+            self._frame(message)
+        elif isinstance(message, JobStart):
+            self._open(message)
+        elif isinstance(message, (EndOfStream, Cancel)):
+            self._close(message)
+        elif isinstance(message, Shutdown):
+            logger.info("worker=%s shutdown reason=%s drain=%s", self.settings.name, message.reason, message.drain)
+            self.request_stop(drain=message.drain)
+        else:
+            logger.warning("worker=%s unexpected message kind=%s", self.settings.name, message.KIND.value)
+
+    def _evict_idle(self) -> None:
+        now = time.monotonic()
+        for job_id, job in list(self.jobs.items()):
+            if now - job.last_message > self.settings.idle_timeout_s:
+                logger.warning("job=%s idle for %.0f s, its decoder is gone; dropped", job_id, now - job.last_message)
+                self._close(Cancel(job_id=job_id, reason="decoder gone"))
+
+    def _open(self, start: JobStart) -> None:
+        self.jobs.pop(start.job_id, None)  # a re-run of a job this worker held replaces it
+        try:
+            if self.state is not WorkerState.READY:
+                raise JobSetupError(f"worker {self.settings.name} is shutting down")
+            if len(self.jobs) >= self.settings.max_jobs:
+                raise JobSetupError(f"worker {self.settings.name} already runs {self.settings.max_jobs} jobs")
+            check_first_mask(start.mask, start.source_size, self.settings.max_objects)
+            session = self._session(start.options)
+        except JobSetupError as exc:
+            logger.warning("job=%s rejected reason=%s", start.job_id, exc)
+            self.inbox.reject(start, str(exc))
+            return
+        self.jobs[start.job_id] = WorkerJob(start=start, session=session, first_mask=start.mask)
+        self.inbox.accept(start)
+        logger.info("job=%s accepted worker=%s live=%s jobs=%d", start.job_id, self.settings.name, start.live,
+                    len(self.jobs))
+
+    def _session(self, overrides: dict[str, Any]) -> Any:
+        from workers.xmem.config import InferenceConfig
+        from workers.xmem.session import VideoSession
+
+        options = {**self.settings.inference, **overrides}
+        try:
+            config = InferenceConfig(**options)
+        except (TypeError, ValueError) as exc:
+            raise JobSetupError(f"invalid inference options {sorted(overrides)}: {exc}") from None
+        return VideoSession(self.network, config, size=self.settings.size, device=self.settings.device)
+
+    def _frame(self, frame: FrameMessage) -> None:
+        job = self.jobs.get(frame.job_id)
+        if job is None:
+            return  # the job failed here; its decoder is being stopped by the daemon
+        job.last_message = time.monotonic()
+        started = time.perf_counter()
+        mask = None
+        if job.first_mask is not None:
+            mask = fit_mask(job.first_mask, frame.image.shape[:2])
+            job.first_mask = None
+        width, height = frame.source_size
+        try:
+            result = job.session.step(frame.image, mask, output_size=(height, width))
+        except Exception as exc:  # noqa: BLE001 - any failure of one job must not take the worker down
+            logger.exception("job=%s frame=%d step failed", frame.job_id, frame.index)
+            self._fail(frame.job_id, "inference", f"segmenting frame {frame.index} failed: {exc}")
+            return
+        elapsed = time.perf_counter() - started
+        job.frames += 1
+        job.seconds += elapsed
+        self._send_result(
+            frame.job_id,
+            MaskMessage(
+                job_id=frame.job_id,
+                index=frame.index,
+                mask=result.index_mask,
+                pts=frame.pts,
+                capture_time=frame.capture_time,
+                timings={"step": elapsed},
+            ),
+        )
+
+    def _close(self, message: EndOfStream | Cancel) -> None:
+        job = self.jobs.pop(message.job_id, None)
+        if job is not None:
+            fps = job.frames / job.seconds if job.seconds else 0.0
+            logger.info("job=%s %s frames=%d model_fps=%.1f", message.job_id, message.KIND.value, job.frames, fps)
+        self._send_result(message.job_id, message)
+
+    def _send_result(self, job_id: str, message: Message) -> None:
+        try:
+            self.results.send(message)
+        except TransportError as exc:
+            self._fail(job_id, "writer", f"cannot hand results to the writer: {exc}")
+
+    def _fail(self, job_id: str, code: str, text: str) -> None:
+        self.jobs.pop(job_id, None)
+        self._report(ErrorMessage(code=code, message=text, job_id=job_id))
+
+    def _heartbeat(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_heartbeat >= self.settings.heartbeat_s:
+            self._last_heartbeat = now
+            self._report(Heartbeat(process=self.settings.name, sent_at=time.time(), jobs=tuple(self.jobs)))
+
+    def _report(self, message: Message) -> None:
+        try:
+            self.events.send(message)
+        except TransportError as exc:
+            logger.warning("worker=%s daemon unreachable, %s not sent: %s", self.settings.name,
+                           message.KIND.value, exc)
+
+    def _set_state(self, state: WorkerState) -> None:
+        self.state = state
+        logger.info("worker=%s state=%s", self.settings.name, state.value)
+
+
+def check_first_mask(mask: np.ndarray | None, source_size: tuple[int, int], max_objects: int) -> None:
+    """Raise `JobSetupError` unless `mask` is a usable first-frame mask for a video of `source_size`."""
+    if mask is None:
+        raise JobSetupError("the job has no first-frame mask")
+    width, height = source_size
+    if mask.shape != (height, width):
+        raise JobSetupError(
+            f"first-frame mask is {mask.shape[1]}x{mask.shape[0]} but the video is {width}x{height}; "
+            "the mask must have the size of the video"
+        )
+    objects = np.count_nonzero(np.bincount(mask.ravel(), minlength=256)[1:])
+    if objects == 0:
+        raise JobSetupError("first-frame mask has no object: every pixel is background (0)")
+    if objects > max_objects:
+        raise JobSetupError(f"first-frame mask has {objects} objects; this daemon allows at most {max_objects}")
+
+
+def fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The first-frame mask at the working frame's (H, W), nearest neighbour so labels stay labels."""
+    if mask.shape == size:
+        return mask
+    rows = (np.arange(size[0]) * mask.shape[0] // size[0]).astype(np.intp)
+    cols = (np.arange(size[1]) * mask.shape[1] // size[1]).astype(np.intp)
+    return mask[rows[:, None], cols[None, :]]
+
+
+def run_worker(settings: WorkerSettings) -> None:
+    """Entry point of the spawned worker process."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {settings.name} %(levelname)s %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the daemon, which shuts us down in order
+    import torch
+
+    from workers.xmem.checkpoint import load_network
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    network = load_network(settings.checkpoint, device=settings.device)
+    context = zmq.Context()
+    worker = Worker(settings, network, context)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        worker.request_stop(drain=False)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        worker.run()
+    finally:
+        context.term()
