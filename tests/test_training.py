@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import subprocess
@@ -25,7 +26,14 @@ from workers.training.losses import (
     frame_loss,
 )
 from workers.training.model import anisotropic_similarity, draw_plan, object_selector, read_memory
-from workers.training.trainer import STATE_FILE, TrainingError, read_training_state, train, training_network
+from workers.training.trainer import (
+    STATE_FILE,
+    TrainingError,
+    read_training_state,
+    train,
+    training_network,
+    warn_unmatched_held_out,
+)
 from workers.xmem.checkpoint import load_network
 from workers.xmem.init import make_random_network
 from workers.xmem.network import NetworkSpec
@@ -271,3 +279,15 @@ def test_two_gloo_processes_keep_identical_weights(tmp_path: Path) -> None:
     rows = (tmp_path / "ddp" / "losses.csv").read_text().splitlines()
     assert len(rows) == 3, "only rank 0 writes the log"
     assert load_network(tmp_path / "ddp" / "ddp_s0.pth").spec.variant == "small"
+
+
+def test_held_out_names_matching_no_sequence_are_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("bear", "dog"):
+        (tmp_path / "JPEGImages" / "480p" / name).mkdir(parents=True)
+    config = TrainConfig(stages="3", davis_root=tmp_path, held_out=("dog", "dgo"))
+    with caplog.at_level(logging.WARNING):
+        warn_unmatched_held_out(config)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].endswith(": dgo")

@@ -78,17 +78,19 @@ def list_annotated_videos(
 ) -> list[VideoRecord]:
     """Videos under ``image_root/<name>/`` whose frames have a same-stem PNG under ``mask_root/<name>/``.
 
-    Only frames with a mask are listed (YouTube-VOS annotates a subset), ``exclude`` always wins over
-    ``include``, and names in either list that match no folder are reported, since a typo there would
-    silently leak an evaluation sequence into training.
+    Only frames with a mask are listed (YouTube-VOS annotates a subset) and ``exclude`` always wins over
+    ``include``. Included names that match no folder are reported; excluded ones are not, as one held-out list
+    serves several datasets (the trainer checks it against all of them: see ``sequence_names``).
     """
     if not image_root.is_dir() or not mask_root.is_dir():
         raise DatasetLayoutError(f"expected image folder {image_root} and mask folder {mask_root}")
     available = sorted(p.name for p in image_root.iterdir() if p.is_dir())
-    for label, names in (("include", include or set()), ("exclude", exclude)):
-        unknown = sorted(set(names) - set(available))
-        if unknown:
-            log.warning("%s list names sequences not in %s: %s", label, image_root, ", ".join(unknown))
+    unknown = sorted(set(include or ()) - set(available))
+    if unknown:
+        log.warning("include list names sequences not in %s: %s", image_root, ", ".join(unknown))
+    excluded = sorted(set(exclude) & set(available))
+    if excluded:
+        log.info("held out from %s: %s", image_root, ", ".join(excluded))
     records = []
     for name in available:
         if name in exclude or (include is not None and name not in include):
@@ -116,17 +118,32 @@ def list_davis(
     split = root / "ImageSets" / "2017" / "train.txt"
     if included is None and split.is_file():
         included = read_names(split)
-    return list_annotated_videos(root / "JPEGImages" / "480p", root / "Annotations" / "480p",
-                                 include=included, exclude=set(exclude))
+    images, masks = davis_folders(root)
+    return list_annotated_videos(images, masks, include=included, exclude=set(exclude))
 
 
 def list_youtube(root: Path, *, exclude: Iterable[str] = ()) -> list[VideoRecord]:
     """YouTube-VOS training videos; ``root`` is the split folder or holds ``train_480p`` / ``train``."""
+    images, masks = youtube_folders(root)
+    return list_annotated_videos(images, masks, include=None, exclude=set(exclude), skip_scale=5)
+
+
+def davis_folders(root: Path) -> tuple[Path, Path]:
+    """(image folder, mask folder) of a DAVIS root."""
+    return root / "JPEGImages" / "480p", root / "Annotations" / "480p"
+
+
+def youtube_folders(root: Path) -> tuple[Path, Path]:
+    """(image folder, mask folder) of a YouTube-VOS training split given it or its parent."""
     for candidate in (root, root / "train_480p", root / "train"):
         if (candidate / "JPEGImages").is_dir() and (candidate / "Annotations").is_dir():
-            return list_annotated_videos(candidate / "JPEGImages", candidate / "Annotations",
-                                         include=None, exclude=set(exclude), skip_scale=5)
+            return candidate / "JPEGImages", candidate / "Annotations"
     raise DatasetLayoutError(f"no JPEGImages/ and Annotations/ under {root} (or its train_480p/, train/)")
+
+
+def sequence_names(image_root: Path) -> set[str]:
+    """Names of the sequence folders under an image folder (empty if it does not exist)."""
+    return {p.name for p in image_root.iterdir() if p.is_dir()} if image_root.is_dir() else set()
 
 
 def list_static(root: Path) -> list[tuple[Path, Path]]:

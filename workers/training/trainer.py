@@ -48,9 +48,12 @@ from workers.training.datasets import (
     SyntheticStills,
     SyntheticVideoDataset,
     VideoClipDataset,
+    davis_folders,
     list_davis,
     list_static,
     list_youtube,
+    sequence_names,
+    youtube_folders,
 )
 from workers.training.losses import bootstrap_fraction, clip_loss
 from workers.training.model import TrainingXMem, draw_plan
@@ -152,6 +155,7 @@ def video_dataset(config: TrainConfig, stage: StageConfig, augmentation: ClipAug
                   finetune: bool) -> Dataset | None:
     """DAVIS (repeated ``davis_repeat`` times) plus YouTube-VOS; None when no video folder is configured."""
     parts: list[Dataset] = []
+    warn_unmatched_held_out(config)
     options = dict(num_frames=stage.num_frames, max_objects=stage.max_objects, augmentation=augmentation,
                    max_skip=max_skip, finetune=finetune)
     if config.davis_root is not None:
@@ -160,6 +164,16 @@ def video_dataset(config: TrainConfig, stage: StageConfig, augmentation: ClipAug
     if config.yv_root is not None:
         parts.append(VideoClipDataset(list_youtube(config.yv_root, exclude=config.held_out), **options))
     return ConcatDataset(parts) if parts else None
+
+
+def warn_unmatched_held_out(config: TrainConfig) -> None:
+    """Held-out names that match no sequence of any configured video dataset are probably typos."""
+    roots = ([davis_folders(config.davis_root)[0]] if config.davis_root else []) + (
+        [youtube_folders(config.yv_root)[0]] if config.yv_root else [])
+    known = set().union(*(sequence_names(root) for root in roots))
+    unmatched = sorted(set(config.held_out) - known)
+    if unmatched:
+        log.warning("held-out names match no training sequence (typo?): %s", ", ".join(unmatched))
 
 
 def build_dataset(config: TrainConfig, stage: StageConfig, max_skip: int, finetune: bool) -> Dataset:
