@@ -6,9 +6,13 @@ runs, so `vosd --help` stays instant.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
 from workers.evaluation.commands import eval_command, score_command
+from workers.training.commands import plot_command, train_command, weights_app
 
 app = typer.Typer(
     name="vosd",
@@ -19,6 +23,40 @@ app = typer.Typer(
 
 app.command("eval", help="Run XMem on a dataset and write palette PNGs in XMem's eval layout.")(eval_command)
 app.command("score", help="J&F of predicted masks against ground truth (DAVIS 2017 definitions).")(score_command)
+app.command("train", help="Train XMem (stages 0-3), optionally from a checkpoint; resumable.")(train_command)
+app.command("train-plot", help="Plot the loss curves of a training run.")(plot_command)
+app.add_typer(weights_app, name="weights", help="List, install and register model weights.")
+
+
+@app.command("segment")
+def segment_command(
+    video: Annotated[str, typer.Argument(help="Video file or stream URL.")],
+    mask: Annotated[Path, typer.Option("--mask", "-m", help="Index mask of the first frame (palette or 0/255 PNG).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Overlay MP4 to write.")] = None,
+    masks: Annotated[Optional[Path], typer.Option("--masks", help="Folder for one palette PNG per frame.")] = None,
+    rle: Annotated[Optional[Path], typer.Option("--rle", help="JSON-lines file of per-object RLE masks.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Checkpoint file or registered weights name.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="vosd YAML config (inference options, size).")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Shorter side the model sees; -1 keeps the source size.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="torch device; default cuda when available.")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA).")] = None,
+) -> None:
+    """Segment one video locally: overlay MP4 and masks, with a progress bar."""
+    from rich.console import Console
+
+    from streamer.segment import run_segment
+
+    console = Console(stderr=True)
+    try:
+        run_segment(video, mask, output=output, masks_dir=masks, rle_path=rle, model=model, config_path=config,
+                    size=size, device=device, amp=amp, console=console)
+    except Exception as error:  # every failure ends in one clear line and a non-zero exit
+        from streamer.segment import USER_ERRORS
+
+        if not isinstance(error, USER_ERRORS):
+            raise
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=2) from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,238 @@
+"""`vosd segment`: one video, segmented on this machine, with a progress bar.
+
+No daemon and no Redis: three threads in one process. A reader decodes frames ahead of the model, the
+model runs in the calling thread, and a writer encodes the overlay and saves masks behind it, so decoding
+and encoding overlap with inference. Both queues are bounded, so memory stays flat on long videos.
+Frames go to the model at source resolution; the session resizes them exactly as XMem's eval does and
+returns masks at source resolution.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from streamer.ingest import DecodedFrame, Source
+from streamer.writer import OutputWriter, WriterReport
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from workers.xmem.session import VideoSession
+
+QUEUE_FRAMES = 8
+"""Frames buffered between reader, model and writer (each way)."""
+
+_END = object()
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What a local run produced."""
+
+    frames: int
+    seconds: float
+    report: WriterReport
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Failure:
+    """An exception raised in a helper thread, handed to the main thread."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _read_ahead(source: Source, frames: queue.Queue, stop: threading.Event) -> None:
+    try:
+        for frame in source:
+            while not stop.is_set():
+                try:
+                    frames.put(frame, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+        frames.put(_END)
+    except BaseException as error:  # noqa: BLE001 - handed to the main thread, which re-raises it
+        frames.put(_Failure(error))
+
+
+def _frames_with_end_flag(frames: queue.Queue) -> Iterator[tuple[DecodedFrame, bool]]:
+    """Yield (frame, is_last), looking one frame ahead so the model knows the last frame."""
+    current = frames.get()
+    while True:
+        if isinstance(current, _Failure):
+            raise current.error
+        if current is _END:
+            return
+        following = frames.get()
+        yield current, following is _END
+        current = following
+
+
+def _write_behind(writer: OutputWriter, results: queue.Queue, failures: list[BaseException]) -> None:
+    while True:
+        item = results.get()
+        if item is _END:
+            return
+        if failures:
+            continue  # keep draining so the model thread never blocks on a dead writer
+        try:
+            writer.write(*item)
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            failures.append(error)
+
+
+def segment_video(
+    source: Source,
+    first_mask: np.ndarray,
+    session: VideoSession,
+    writer: OutputWriter,
+    *,
+    on_frame: Callable[[int], None] | None = None,
+) -> SegmentResult:
+    """Run ``session`` (a VideoSession) over every frame of ``source``; ``first_mask`` is frame 0's index mask.
+
+    ``on_frame(index)`` is called after each frame (progress). The writer is closed on success and aborted
+    on any failure, so no partial output is left under the final names.
+    """
+    frames: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
+    results: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
+    stop = threading.Event()
+    write_failures: list[BaseException] = []
+    reader = threading.Thread(target=_read_ahead, args=(source, frames, stop), name="vosd-reader", daemon=True)
+    writer_thread = threading.Thread(
+        target=_write_behind, args=(writer, results, write_failures), name="vosd-writer", daemon=True)
+    reader.start()
+    writer_thread.start()
+    started = time.perf_counter()
+    count = 0
+    try:
+        for frame, is_last in _frames_with_end_flag(frames):
+            mask = first_mask if count == 0 else None
+            result = session.step(frame.image, mask, end=is_last)
+            results.put((frame.index, frame.image, result.index_mask))
+            count += 1
+            if write_failures:
+                raise write_failures[0]
+            if on_frame is not None:
+                on_frame(frame.index)
+        if count == 0:
+            raise ValueError(f"{source.info.uri} has no frames")
+    except BaseException:
+        stop.set()
+        results.put(_END)
+        writer_thread.join()
+        writer.abort()
+        raise
+    results.put(_END)
+    writer_thread.join()
+    if write_failures:
+        writer.abort()
+        raise write_failures[0]
+    seconds = time.perf_counter() - started
+    report = writer.close(expected_frames=count)
+    return SegmentResult(frames=count, seconds=seconds, report=report)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from streamer.config import ConfigError
+    from streamer.ingest import SourceError
+    from streamer.masks import MaskFileError
+    from streamer.writer import WriterError
+    from workers.training.weights import WeightsError
+    from workers.xmem.checkpoint import CheckpointError
+    from workers.xmem.session import SessionInputError
+
+    return (ConfigError, SourceError, MaskFileError, WriterError, WeightsError, CheckpointError,
+            SessionInputError, ValueError, FileNotFoundError)
+
+
+USER_ERRORS = _user_errors()
+"""Failures caused by the input or the setup: reported as one line, not a traceback."""
+
+
+def run_segment(
+    video: str,
+    mask_path: Path,
+    *,
+    output: Path | None,
+    masks_dir: Path | None,
+    rle_path: Path | None,
+    model: str | None,
+    config_path: Path | None,
+    size: int | None,
+    device: str | None,
+    amp: bool | None,
+    console: Console,
+) -> SegmentResult:
+    """Everything `vosd segment` does: resolve settings, load the model, run, report."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from streamer.config import load_config
+    from streamer.ingest import open_source
+    from streamer.masks import read_index_mask
+    from workers.training.weights import default_model_path, resolve
+    from workers.xmem.checkpoint import load_network
+    from workers.xmem.config import InferenceConfig
+    from workers.xmem.session import VideoSession
+
+    settings = load_config(config_path)
+    if output is None and masks_dir is None and rle_path is None:
+        output = Path(f"{Path(str(video)).stem}-overlay.mp4")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    use_amp = amp if amp is not None else device.startswith("cuda")
+    first_mask = read_index_mask(mask_path)
+    if not first_mask.any():
+        raise ValueError(f"the first-frame mask {mask_path} has no object in it")
+    checkpoint = _model_path(model or settings.workers.model_path, default_model_path, resolve)
+    network = load_network(checkpoint, device=device)
+    session = VideoSession(network, InferenceConfig.from_mapping(settings.xmem.model_dump()),
+                           size=settings.workers.size if size is None else size, amp=use_amp, device=device)
+    source = open_source(video, live=False)
+    info = source.info
+    if (info.height, info.width) != first_mask.shape:
+        source.close()
+        raise ValueError(f"the mask {mask_path} is {first_mask.shape[1]}x{first_mask.shape[0]} but the video "
+                         f"is {info.width}x{info.height}; give the mask of the video's first frame")
+    writer = OutputWriter(fps=info.fps, source_size=(info.width, info.height), overlay_path=output,
+                          masks_dir=masks_dir, rle_path=rle_path, alpha=settings.writer.overlay_alpha,
+                          crf=settings.writer.crf)
+    console.print(f"[bold]vosd segment[/bold] {video}: {info.width}x{info.height} @ {info.fps:.3g} fps, "
+                  f"model {checkpoint.name} on {device}")
+    columns = (TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fps]} fps"),
+               TimeRemainingColumn())
+    with source, Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("frames", total=info.frame_count, fps="-")
+        started = time.perf_counter()
+
+        def advance(index: int) -> None:
+            rate = (index + 1) / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, completed=index + 1, fps=f"{rate:.1f}")
+
+        result = segment_video(source, first_mask, session, writer, on_frame=advance)
+    for path in result.report.outputs:
+        console.print(f"wrote {path}")
+    console.print(f"{result.frames} frames in {result.seconds:.1f} s ({result.fps:.2f} fps)")
+    return result
+
+
+def _model_path(name: str, default_model_path: Callable[[], Path], resolve: Callable[[str], Path]) -> Path:
+    """A checkpoint file, a registered weights name, or (empty) the default model."""
+    if not name:
+        return default_model_path()
+    candidate = Path(name).expanduser()
+    return candidate if candidate.is_file() else resolve(name)
