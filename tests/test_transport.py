@@ -204,8 +204,8 @@ def test_lossless_wait_notices_cancel(ipc_dir: Path, start_process, context) -> 
     queues = QueueSettings(batch_frames=2)
     endpoint = _endpoint(ipc_dir, "w0")
     reports = SPAWN.Queue()
-    start_process(run_worker, endpoint, None, queues, 0.0, 3.0, reports)
-    cancel_at = time.monotonic() + 0.5
+    start_process(run_worker, endpoint, None, queues, 0.0, 1.5, reports)
+    cancel_at = time.monotonic() + 0.3
     with FrameSender(
         context, endpoint, "job-a", live=False, queues=queues, should_stop=lambda: time.monotonic() > cancel_at
     ) as sender:
@@ -296,12 +296,22 @@ def test_malformed_messages_are_rejected_and_the_worker_keeps_serving(ipc_dir: P
         for index in range(5):
             sender.send_frame(_frame("job-a", index))
         ack = sender.finish(timeout_s=WAIT_S)
+        # An accepted job's socket that claims to carry another job's frame must not reach that job.
+        impostor = context.socket(zmq.DEALER)
+        impostor.setsockopt(zmq.IDENTITY, b"job-b")
+        impostor.connect(endpoint)
+        impostor.send_multipart(encode(JobStart(job_id="job-b", live=False, source_size=(8, 8))))
+        assert impostor.poll(int(WAIT_S * 1000)), "job-b was not accepted"
+        impostor.recv_multipart()
+        impostor.send_multipart(encode(_frame("job-a", 99)))
+        impostor.send_multipart(encode(EndOfStream(job_id="job-b", frames_total=0, frames_sent=0)))
     assert (ack.frames_received, ack.complete) == (5, True)
     assert send_control(context, endpoint, Shutdown(reason="test"))
     report = _report(reports)
-    assert report["rejected"] == 5
-    assert report["seen"] == {"job-a": list(range(5))}
+    assert report["rejected"] == 6
+    assert report["seen"] == {"job-a": list(range(5)), "job-b": []}
     rogue.close(linger=0)
+    impostor.close(linger=0)
 
 
 def test_refused_job_and_absent_worker_fail_clearly(ipc_dir: Path, start_process, context) -> None:
