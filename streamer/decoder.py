@@ -189,6 +189,8 @@ class Decoder:
                 return self._fail(code, str(exc))
 
     def _stream(self, source: Any, start: JobStart) -> DecoderState:
+        from streamer.ingest import SourceError
+
         settings = self.settings
         with FrameSender(
             self.context, settings.worker_endpoint, settings.job_id, live=settings.live, queues=settings.queues,

@@ -1,0 +1,234 @@
+"""The job commands of `vosd`: serve, submit, status, watch, cancel, jobs.
+
+Each function is a typer command (registered in streamer/cli.py). Imports of Redis, rich and the daemon
+happen inside the functions, so `vosd --help` stays instant. Every command reads the same configuration
+as the daemon (``--config`` or VOSD_* variables) to find Redis: with no ``redis.url`` that is the
+daemon's embedded server under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from streamer.jobs import JobQueue, JobRecord
+
+ConfigOption = typer.Option(None, "--config", "-c", help="YAML configuration (default: built-in defaults).")
+
+
+@contextmanager
+def _queue(config_path: Path | None) -> Iterator[JobQueue]:
+    """A JobQueue on the configured Redis; an embedded server this command had to start is stopped after."""
+    import redis
+
+    from streamer.config import ConfigError, load_config
+    from streamer.jobs import JobQueue, KeyNames
+    from streamer.redis_server import resolve_redis
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    endpoint = resolve_redis(config.redis.url, config.data_dir)
+    client = redis.Redis.from_url(endpoint.url, decode_responses=True)
+    try:
+        yield JobQueue(
+            client,
+            keys=KeyNames(config.redis.key_prefix),
+            visibility_timeout_s=config.redis.visibility_timeout_s,
+            max_attempts=config.redis.max_attempts,
+        )
+    finally:
+        client.close()
+        if endpoint.server is not None and not endpoint.server.reused:
+            endpoint.close()
+
+
+def _record_or_exit(queue: JobQueue, job_id: str) -> JobRecord:
+    from streamer.jobs import JobNotFound
+
+    try:
+        return queue.get(job_id)
+    except JobNotFound:
+        typer.echo(f"no job {job_id!r}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``name=value`` pairs; values are JSON when they parse (10, true, 0.5), text otherwise."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"expected name=value, got {pair!r}", param_hint="--option")
+        try:
+            options[name] = json.loads(text)
+        except json.JSONDecodeError:
+            options[name] = text
+    return options
+
+
+def _local(path: str) -> str:
+    """Absolute path for an existing local file, so the daemon finds it from its own directory."""
+    candidate = Path(path).expanduser()
+    return str(candidate.resolve()) if candidate.exists() else path
+
+
+def serve_command(config: Optional[Path] = ConfigOption) -> None:
+    """Run the daemon in the foreground until SIGTERM or Ctrl-C."""
+    import logging
+
+    from streamer.config import ConfigError, load_config
+    from streamer.daemon import DaemonSettings, serve
+
+    try:
+        settings = load_config(config)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s daemon %(levelname)s %(name)s %(message)s")
+    logging.getLogger(__name__).info("config: %s", json.dumps(settings.summary()))
+    serve(DaemonSettings.from_config(settings))
+
+
+def submit_command(
+    source: str = typer.Argument(..., help="Video file, stream URL (rtsp://, udp://, http://) or camera."),
+    mask: Optional[Path] = typer.Option(None, "--mask", "-m", help="First-frame index mask (palette PNG)."),
+    live: Optional[bool] = typer.Option(
+        None, "--live/--batch", help="Live: newest frames, drops counted. Default: guessed from the source."
+    ),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output directory (default: data_dir)."),
+    option: list[str] = typer.Option([], "--option", "-O", help="XMem option override, name=value (repeatable)."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
+    overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay.mp4."),
+    pngs: bool = typer.Option(True, "--pngs/--no-pngs", help="Write palette PNG masks."),
+    rle: bool = typer.Option(True, "--rle/--no-rle", help="Write masks.jsonl (RLE)."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Queue a job; prints its id."""
+    from streamer.ingest import is_live_uri
+
+    options = _parse_options(option)
+    options.update(overlay=overlay, masks=pngs, rle=rle)
+    if output is not None:
+        options["output_dir"] = str(output.expanduser().resolve())
+    if max_frames is not None:
+        options["max_frames"] = max_frames
+    if mask is not None and not mask.is_file():
+        typer.echo(f"mask {mask} not found", err=True)
+        raise typer.Exit(2)
+    with _queue(config) as queue:
+        record = queue.submit(
+            _local(source),
+            mask_path=str(mask.resolve()) if mask is not None else None,
+            live=is_live_uri(source) if live is None else live,
+            options=options,
+        )
+    typer.echo(record.id)
+
+
+def _row(record: JobRecord) -> dict[str, Any]:
+    return record.model_dump(mode="json")
+
+
+def status_command(
+    job: Optional[str] = typer.Argument(None, help="Job id; all recent jobs when omitted."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Show one job's status (state, progress, error, outputs), or every recent job."""
+    with _queue(config) as queue:
+        records = [_record_or_exit(queue, job)] if job else queue.list_jobs()
+    if as_json:
+        payload: Any = _row(records[0]) if job else [_row(r) for r in records]
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    _print_table(records, detailed=job is not None)
+
+
+def jobs_command(
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="How many jobs, newest first."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """List recent jobs, newest first, and the dead letters."""
+    with _queue(config) as queue:
+        records = queue.list_jobs(limit=limit)
+        dead = queue.dead_letters()
+    _print_table(records, detailed=False)
+    if dead:
+        typer.echo(f"\n{len(dead)} dead-lettered job(s):")
+        for entry in dead:
+            typer.echo(f"  {entry.get('job_id')}: {entry.get('reason')}")
+
+
+def _print_table(records: list[JobRecord], *, detailed: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=160 if not sys.stdout.isatty() else None)
+    if detailed and records:
+        record = records[0]
+        for name, value in _row(record).items():
+            console.print(f"[bold]{name}[/bold]: {value}")
+        return
+    table = Table("id", "state", "frames", "fps", "dropped", "source", "error")
+    for record in records:
+        total = f"/{record.frames_total}" if record.frames_total is not None else ""
+        table.add_row(record.id, record.state.value, f"{record.frames_done}{total}", f"{record.fps:.1f}",
+                      str(record.dropped_frames), record.source, record.error or "")
+    console.print(table)
+
+
+def watch_command(
+    job: str = typer.Argument(..., help="Job id."),
+    interval: float = typer.Option(0.5, "--interval", min=0.05, help="Seconds between status reads."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Show a progress bar until the job ends; exit code 0 when done, 1 when failed or cancelled."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from streamer.jobs import JobState
+
+    with _queue(config) as queue:
+        record = _record_or_exit(queue, job)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[fps]:.1f} fps, {task.fields[dropped]} dropped"), TimeElapsedColumn())
+        with Progress(*columns, transient=False) as progress:
+            task = progress.add_task(f"{job} {record.state.value}", total=record.frames_total, fps=0.0, dropped=0)
+            while True:
+                record = queue.get(job)
+                progress.update(task, description=f"{job} {record.state.value}", completed=record.frames_done,
+                                total=record.frames_total, fps=record.fps, dropped=record.dropped_frames)
+                if record.state.final:
+                    break
+                time.sleep(interval)
+    if record.state is JobState.DONE:
+        for kind, path in record.outputs.items():
+            typer.echo(f"{kind}: {path}")
+        return
+    typer.echo(f"{record.state.value}: {record.error or ''}", err=True)
+    raise typer.Exit(1)
+
+
+def cancel_command(
+    job: str = typer.Argument(..., help="Job id."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Cancel a queued job at once, or a running one within a second; its outputs are discarded."""
+    from streamer.jobs import JobNotFound
+
+    with _queue(config) as queue:
+        try:
+            state = queue.cancel(job)
+        except JobNotFound:
+            typer.echo(f"no job {job!r}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"{job}: {'cancel requested' if state.value == 'running' else state.value}")
