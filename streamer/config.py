@@ -44,9 +44,12 @@ class RedisSettings(_Section):
 
     url: str = Field(
         default="",
-        description="Redis URL (redis://, rediss://, unix://). Empty: start a private embedded Redis in data_dir/redis.",
+        description="Redis URL (redis://, rediss://, unix://). "
+        "Empty: start a private embedded Redis in data_dir/redis.",
     )
-    key_prefix: str = Field(default="vosd", description="Prefix of every Redis key, so daemons can share a server.")
+    key_prefix: str = Field(
+        default="vosd", description="Prefix of every Redis key, so daemons can share a server.",
+    )
     max_attempts: int = Field(
         default=3, ge=1, description="Deliveries of a job before it is dead-lettered and marked failed."
     )
@@ -69,12 +72,12 @@ class RedisSettings(_Section):
 
 
 class TransportSettings(_Section):
-    """ZeroMQ endpoints and queue sizes. Queues count frames, not bytes: one frame is size x size*aspect x 3."""
+    """ZeroMQ endpoints and queue sizes. Queues count frames at the working resolution, not messages."""
 
     worker_endpoint: str = Field(
         default="ipc://{data_dir}/run/worker-{index}.sock",
-        description="Endpoint each worker binds; {index} is the worker number, {data_dir} the data directory. "
-        "Example for TCP: tcp://127.0.0.1:560{index}.",
+        description="Endpoint each worker binds; {index} is the worker number, {data_dir} the data "
+        "directory. Example for TCP: tcp://127.0.0.1:560{index}.",
     )
     writer_endpoint: str = Field(
         default="ipc://{data_dir}/run/writer.sock", description="Endpoint the writer binds for results."
@@ -94,13 +97,15 @@ class TransportSettings(_Section):
     )
     live_drop_policy: LiveDropPolicy = Field(
         default=LiveDropPolicy.DROP_OLDEST,
-        description="Live jobs with no room: drop_oldest keeps the newest frame, drop_newest keeps the held one.",
+        description="Live jobs with no room: drop_oldest keeps the newest frame, "
+        "drop_newest keeps the held one.",
     )
     peer_timeout_s: float = Field(
         default=30.0, gt=0, description="Seconds a sender waits for a silent peer before failing the job."
     )
     end_of_stream_timeout_s: float = Field(
-        default=30.0, gt=0, description="Seconds the decoder waits for the worker to acknowledge end of stream."
+        default=30.0, gt=0,
+        description="Seconds the decoder waits for the worker to acknowledge end of stream."
     )
 
     def queues(self) -> QueueSettings:
@@ -120,13 +125,15 @@ class SourceSettings(_Section):
         default=10.0, gt=0, description="Live sources: seconds without a frame before the source is reopened."
     )
     reconnect_initial_delay_s: float = Field(
-        default=0.5, ge=0, description="Live sources: first wait before reopening; doubles after each failure."
+        default=0.5, ge=0,
+        description="Live sources: first wait before reopening; doubles after each failure."
     )
     reconnect_max_delay_s: float = Field(
         default=10.0, ge=0, description="Live sources: longest wait between reopening attempts."
     )
     reconnect_attempts: int = Field(
-        default=0, ge=0, description="Live sources: failed reopenings in a row before the job fails; 0 = never give up."
+        default=0, ge=0,
+        description="Live sources: failed reopenings in a row before the job fails; 0 = never give up."
     )
 
     @model_validator(mode="after")
@@ -140,14 +147,20 @@ class WorkerSettings(_Section):
     """Worker processes: one per device, each holding several jobs."""
 
     devices: list[str] = Field(
-        default_factory=lambda: ["cpu"], min_length=1, description='Devices, one worker each, e.g. ["cuda:0", "cuda:1"].'
+        default_factory=lambda: ["cpu"], min_length=1,
+        description='Devices, one worker each, e.g. ["cuda:0", "cuda:1"].'
     )
-    jobs_per_worker: int = Field(default=4, ge=1, description="Jobs a worker holds at once; more wait in the queue.")
+    jobs_per_worker: int = Field(
+        default=4, ge=1, description="Jobs a worker holds at once; more wait in the queue.",
+    )
     size: int = Field(
-        default=480, description="Working resolution: shorter side in pixels the model sees; -1 = source size."
+        default=480,
+        description="Working resolution: shorter side in pixels the model sees; -1 = source size."
     )
     max_objects: int = Field(default=16, ge=1, le=255, description="Objects allowed in a first-frame mask.")
-    model_path: str = Field(default="", description="XMem checkpoint (.pth). Empty: the bundled default weights.")
+    model_path: str = Field(
+        default="", description="XMem checkpoint (.pth). Empty: the bundled default weights.",
+    )
 
     @field_validator("devices")
     @classmethod
@@ -169,19 +182,28 @@ class XMemSettings(_Section):
     """XMem inference options, with XMem's official names and defaults."""
 
     mem_every: int = Field(default=5, ge=1, description="Frames between additions to working memory.")
-    top_k: int = Field(default=30, ge=1, description="Memory entries each query pixel reads from (top-k softmax).")
-    deep_update_every: int = Field(
-        default=-1, ge=-1, description="Frames between deep updates of sensory memory; -1 = with every memory frame."
+    top_k: int = Field(
+        default=30, ge=1, description="Memory entries each query pixel reads from (top-k softmax).",
     )
-    enable_long_term: bool = Field(default=True, description="Compress old working memory into long-term memory.")
+    deep_update_every: int = Field(
+        default=-1, ge=-1,
+        description="Frames between deep updates of sensory memory; -1 = with every memory frame."
+    )
+    enable_long_term: bool = Field(
+        default=True, description="Compress old working memory into long-term memory.",
+    )
     enable_long_term_count_usage: bool = Field(
         default=True, description="Count how often long-term entries are read, to evict the least used."
     )
     max_mid_term_frames: int = Field(
         default=10, ge=2, description="Working-memory frames before compression into long-term memory."
     )
-    min_mid_term_frames: int = Field(default=5, ge=1, description="Working-memory frames kept after compression.")
-    num_prototypes: int = Field(default=128, ge=1, description="Long-term prototypes created per compression.")
+    min_mid_term_frames: int = Field(
+        default=5, ge=1, description="Working-memory frames kept after compression.",
+    )
+    num_prototypes: int = Field(
+        default=128, ge=1, description="Long-term prototypes created per compression.",
+    )
     max_long_term_elements: int = Field(
         default=10000, ge=1, description="Long-term memory cap in elements; least-used are evicted beyond it."
     )
@@ -196,11 +218,21 @@ class XMemSettings(_Section):
 class WriterSettings(_Section):
     """What the writer produces for each job."""
 
-    overlay_alpha: float = Field(default=0.5, ge=0, le=1, description="Mask opacity in the overlay MP4 (0-1).")
-    crf: int = Field(default=20, ge=0, le=51, description="H.264 constant rate factor; lower is better and larger.")
-    write_overlay: bool = Field(default=True, description="Write overlay.mp4 (source frames with masks drawn).")
-    write_pngs: bool = Field(default=True, description="Write one palette PNG index mask per frame in masks/.")
-    write_rle_json: bool = Field(default=True, description="Write masks.jsonl: COCO-style RLE per object per frame.")
+    overlay_alpha: float = Field(
+        default=0.5, ge=0, le=1, description="Mask opacity in the overlay MP4 (0-1).",
+    )
+    crf: int = Field(
+        default=20, ge=0, le=51, description="H.264 constant rate factor; lower is better and larger.",
+    )
+    write_overlay: bool = Field(
+        default=True, description="Write overlay.mp4 (source frames with masks drawn).",
+    )
+    write_pngs: bool = Field(
+        default=True, description="Write one palette PNG index mask per frame in masks/.",
+    )
+    write_rle_json: bool = Field(
+        default=True, description="Write masks.jsonl: COCO-style RLE per object per frame.",
+    )
 
 
 class VosdConfig(BaseSettings):
@@ -217,7 +249,9 @@ class VosdConfig(BaseSettings):
     log_level: str = Field(default="INFO", description="Logging level: DEBUG, INFO, WARNING or ERROR.")
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Job store and queue.")
     transport: TransportSettings = Field(default_factory=TransportSettings, description="Sockets and queues.")
-    sources: SourceSettings = Field(default_factory=SourceSettings, description="Opening and reconnecting sources.")
+    sources: SourceSettings = Field(
+        default_factory=SourceSettings, description="Opening and reconnecting sources.",
+    )
     workers: WorkerSettings = Field(default_factory=WorkerSettings, description="Worker processes and model.")
     xmem: XMemSettings = Field(default_factory=XMemSettings, description="XMem inference options.")
     writer: WriterSettings = Field(default_factory=WriterSettings, description="Job outputs.")
@@ -264,7 +298,9 @@ class VosdConfig(BaseSettings):
     def _endpoint(self, template: str, **values: int) -> str:
         endpoint = template.format(data_dir=self.data_dir, **values)
         if endpoint.startswith("ipc://") and len(endpoint.removeprefix("ipc://").encode()) > MAX_IPC_PATH:
-            raise ConfigError(f"ipc endpoint too long for a Unix socket ({endpoint}); use a shorter data_dir or tcp://")
+            raise ConfigError(
+                f"ipc endpoint too long for a Unix socket ({endpoint}); use a shorter data_dir or tcp://"
+            )
         return endpoint
 
 
@@ -292,4 +328,5 @@ def load_config(path: str | Path | None = None) -> VosdConfig:
     try:
         return VosdConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(f"{where} (with VOSD_* environment overrides): invalid configuration:\n{_describe(exc)}") from None
+        message = f"{where} (with VOSD_* environment overrides): invalid configuration:\n{_describe(exc)}"
+        raise ConfigError(message) from None

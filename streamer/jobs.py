@@ -117,16 +117,24 @@ class JobRecord(BaseModel):
     source: str = Field(description="File path, URL (rtsp://, http://) or camera index of the video.")
     mask_path: str | None = Field(default=None, description="First-frame index mask PNG, if given.")
     live: bool = Field(default=False, description="Live source: keep the newest frames and count drops.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Per-job overrides of XMem/writer options.")
-    outputs: dict[str, str] = Field(default_factory=dict, description="Output kind -> path, set when written.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Per-job overrides of XMem/writer options.",
+    )
+    outputs: dict[str, str] = Field(
+        default_factory=dict, description="Output kind -> path, set when written.",
+    )
     state: JobState = Field(default=JobState.QUEUED, description="Current state, see TRANSITIONS.")
     frames_done: int = Field(default=0, description="Frames segmented so far.")
     frames_total: int | None = Field(default=None, description="Frames in the source when known (files).")
     fps: float = Field(default=0.0, description="Recent processing rate, frames per second.")
     dropped_frames: int = Field(default=0, description="Frames dropped by the live policy so far.")
     error: str | None = Field(default=None, description="Why the job failed, or who cancelled it.")
-    attempts: int = Field(default=0, description="Deliveries so far; 2 or more means a restart after a crash.")
-    cancel_requested: bool = Field(default=False, description="Set by cancel(); the holder stops within a heartbeat.")
+    attempts: int = Field(
+        default=0, description="Deliveries so far; 2 or more means a restart after a crash.",
+    )
+    cancel_requested: bool = Field(
+        default=False, description="Set by cancel(); the holder stops within a heartbeat.",
+    )
     created_at: float = Field(description="Submission time.")
     started_at: float | None = Field(default=None, description="Start of the current attempt.")
     finished_at: float | None = Field(default=None, description="When the job reached a final state.")
@@ -223,7 +231,8 @@ return 'ok'
 # ARGV[4] attempt, ARGV[5] consumer key TTL ms, ARGV[6..] progress field/value pairs.
 _HEARTBEAT = """
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
-if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[4] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
+local attempts, state = redis.call('HGET', KEYS[1], 'attempts'), redis.call('HGET', KEYS[1], 'state')
+if attempts ~= ARGV[4] or state ~= 'running' then
   return 'lost'
 end
 redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
@@ -408,11 +417,13 @@ class JobQueue:
         self.redis.set(self.keys.consumer(consumer), "idle", px=int(self.visibility_timeout_s * 1000))
 
     def _reclaim(self, consumer: str) -> Claim | None:
-        """Take over the first entry idle longer than the visibility timeout, dead-lettering exhausted ones."""
+        """Take over the first entry idle past the visibility timeout; dead-letter exhausted ones."""
         min_idle_ms = int(self.visibility_timeout_s * 1000)
         cursor = "0-0"
         while True:
-            reply = self.redis.xautoclaim(self.keys.queue, self.keys.group, consumer, min_idle_ms, cursor, count=10)
+            reply = self.redis.xautoclaim(
+                self.keys.queue, self.keys.group, consumer, min_idle_ms, cursor, count=10
+            )
             cursor, entries = reply[0], reply[1]
             for entry_id, fields in entries:
                 deliveries = self._deliveries(entry_id)
@@ -427,10 +438,14 @@ class JobQueue:
                 return None
 
     def _deliveries(self, entry_id: str) -> int:
-        pending = self.redis.xpending_range(self.keys.queue, self.keys.group, min=entry_id, max=entry_id, count=1)
+        pending = self.redis.xpending_range(
+            self.keys.queue, self.keys.group, min=entry_id, max=entry_id, count=1
+        )
         return int(pending[0]["times_delivered"]) if pending else 1
 
-    def _start(self, consumer: str, entry_id: str, fields: dict[str, str] | None, *, attempt: int) -> Claim | None:
+    def _start(
+        self, consumer: str, entry_id: str, fields: dict[str, str] | None, *, attempt: int
+    ) -> Claim | None:
         """Mark the entry's job running for `consumer`; retire entries whose job is gone or final."""
         job_id = (fields or {}).get("job_id")
         if job_id is None:
@@ -476,7 +491,9 @@ class JobQueue:
         self._retire(entry_id)
         logger.info("job %s: cancelled while its holder was gone; not restarted", job_id)
 
-    def _dead_letter(self, entry_id: str, fields: dict[str, str] | None, deliveries: int, consumer: str) -> None:
+    def _dead_letter(
+        self, entry_id: str, fields: dict[str, str] | None, deliveries: int, consumer: str
+    ) -> None:
         job_id = (fields or {}).get("job_id", "")
         reason = f"gave up after {deliveries - 1} attempts: each holder stopped sending heartbeats"
         self.redis.xadd(

@@ -40,7 +40,8 @@ PROTOCOL_VERSION = 1
 """Bumped when a header changes incompatibly; a receiver rejects other versions."""
 
 PAYLOAD_DTYPES = frozenset({"uint8", "uint16", "float32"})
-"""Array dtypes allowed on the wire: images and index masks are uint8, the rest leaves room for depth/probabilities."""
+"""Array dtypes allowed on the wire: images and index masks are uint8; the others leave room for
+depth maps and probabilities."""
 
 MAX_HEADER_BYTES = 64 * 1024
 """Headers are small metadata; anything larger is treated as malformed rather than parsed."""
@@ -524,7 +525,8 @@ def _decode_payload(kind: MessageKind, header: dict[str, Any], part: zmq.Frame |
     ):
         raise MessageError(f"{kind.value}: header 'shape' must list 2 or 3 positive sizes, got {shape!r}")
     if dtype not in PAYLOAD_DTYPES:
-        raise MessageError(f"{kind.value}: header 'dtype' must be one of {sorted(PAYLOAD_DTYPES)}, got {dtype!r}")
+        allowed = sorted(PAYLOAD_DTYPES)
+        raise MessageError(f"{kind.value}: header 'dtype' must be one of {allowed}, got {dtype!r}")
     buffer = _buffer(part)
     expected = math.prod(shape) * np.dtype(dtype).itemsize
     if buffer.nbytes != expected:
@@ -559,7 +561,8 @@ def decode(parts: Sequence[zmq.Frame | bytes]) -> Message:
     if not isinstance(data, dict):
         raise MessageError(f"{kind.value}: header must be a JSON object, got {type(data).__name__}")
     if data.get("v") != PROTOCOL_VERSION:
-        raise MessageError(f"{kind.value}: protocol version {data.get('v')!r}, this build speaks {PROTOCOL_VERSION}")
+        version = data.get("v")
+        raise MessageError(f"{kind.value}: protocol version {version!r}, expected {PROTOCOL_VERSION}")
     payload = _decode_payload(kind, data, parts[2]) if len(parts) == 3 else None
     if payload is not None and kind not in _PAYLOAD_KINDS:
         raise MessageError(f"{kind.value}: this kind carries no payload, got a third part")

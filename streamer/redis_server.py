@@ -57,7 +57,7 @@ class EmbeddedRedis:
         self.reused = False
         self._process: subprocess.Popen[bytes] | None = None
         if len(str(self.socket_path).encode()) > MAX_SOCKET_PATH:
-            raise ValueError(f"Redis socket path too long for a Unix socket: {self.socket_path}; use a shorter data_dir")
+            raise ValueError(f"Redis socket path too long: {self.socket_path}; use a shorter data_dir")
 
     @property
     def url(self) -> str:
@@ -67,7 +67,10 @@ class EmbeddedRedis:
         """True when a server answers on the socket (ours or one left by an earlier daemon)."""
         if not self.socket_path.exists():
             return False
-        client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
+        # No retries: a missing server must answer "not running" at once, not after a backoff.
+        client = redis.Redis(
+            unix_socket_path=str(self.socket_path), socket_timeout=1.0, retry=Retry(NoBackoff(), 0)
+        )
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -98,7 +101,11 @@ class EmbeddedRedis:
         ]  # fmt: skip
         # Own session: a Ctrl-C meant for the daemon must not kill Redis before job states are written.
         self._process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.is_running():

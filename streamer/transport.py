@@ -4,7 +4,7 @@ Topology (one arrow per socket pair; `bind` on the long-lived side)::
 
     decoder (one per job)                worker (one per device)                  writer (one)
     FrameSender  DEALER id=job_id  --->  FrameInbox  ROUTER bind  --------------->
-                 <--- Credit / EndAck / Error                    ResultSender PUSH --->  ResultCollector PULL bind
+                 <--- Credit / EndAck / Error             ResultSender PUSH --->  ResultCollector PULL bind
 
 Routing. Each worker binds its own endpoint (``transport.worker_endpoint`` with ``{index}``); the decoder
 of a job connects straight to the worker the daemon assigned, with the job id as its socket identity.
@@ -198,7 +198,9 @@ class FrameSender:
     def __enter__(self) -> FrameSender:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def open(self, start: JobStart, *, timeout_s: float = 10.0) -> None:
@@ -209,7 +211,7 @@ class FrameSender:
         deadline = time.monotonic() + timeout_s
         while self._credits == 0:
             if time.monotonic() >= deadline:
-                raise PeerTimeout(f"job {self.job_id}: worker did not accept the job within {timeout_s:.1f} s")
+                raise PeerTimeout(f"job {self.job_id}: worker did not accept the job in {timeout_s:.1f} s")
             self._pump(min(self._poll_interval_s, deadline - time.monotonic()))
 
     def send_frame(self, frame: FrameMessage) -> SendOutcome:
@@ -222,7 +224,8 @@ class FrameSender:
             if self._should_stop():
                 raise SendCancelled(f"job {self.job_id}: stopped while waiting for the worker")
             if time.monotonic() - waited_since > self._peer_timeout_s:
-                raise PeerTimeout(f"job {self.job_id}: no room at the worker for {self._peer_timeout_s:.1f} s")
+                waited = self._peer_timeout_s
+                raise PeerTimeout(f"job {self.job_id}: no room at the worker for {waited:.1f} s")
             self._pump(self._poll_interval_s)
         self._transmit(frame)
         self.stats.produced += 1
@@ -247,11 +250,14 @@ class FrameSender:
         )
         while self._ack is None:
             if time.monotonic() >= deadline:
-                raise PeerTimeout(f"job {self.job_id}: end of stream not acknowledged within {timeout_s:.1f} s")
+                raise PeerTimeout(f"job {self.job_id}: end of stream not acknowledged in {timeout_s:.1f} s")
             self._pump(min(self._poll_interval_s, deadline - time.monotonic()))
         if not self._ack.complete:
             logger.error(
-                "job %s: worker received %d of %d sent frames", self.job_id, self._ack.frames_received, self.stats.sent
+                "job %s: worker received %d of %d sent frames",
+                self.job_id,
+                self._ack.frames_received,
+                self.stats.sent,
             )
         return self._ack
 
@@ -314,7 +320,8 @@ class FrameSender:
             elif isinstance(message, EndAck):
                 self._ack = message
             elif isinstance(message, ErrorMessage):
-                raise JobRejected(f"job {self.job_id}: worker refused the job: {message.code}: {message.message}")
+                reason = f"{message.code}: {message.message}"
+                raise JobRejected(f"job {self.job_id}: worker refused the job: {reason}")
             else:
                 logger.warning("job %s: unexpected %s from worker", self.job_id, message.KIND.value)
 
@@ -359,7 +366,9 @@ class FrameInbox:
     def __enter__(self) -> FrameInbox:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     @property
@@ -405,7 +414,8 @@ class FrameInbox:
             message = decode(parts[1:])
             claimed = getattr(message, "job_id", job_id)
             if claimed != job_id:
-                raise MessageError(f"{message.KIND.value}: job id {claimed!r} sent from the socket of {job_id!r}")
+                kind = message.KIND.value
+                raise MessageError(f"{kind}: job id {claimed!r} sent from the socket of {job_id!r}")
             return self._track(job_id, message)
         except MessageError as exc:
             self.stats.rejected += 1
@@ -423,7 +433,8 @@ class FrameInbox:
         if isinstance(message, (FrameMessage, EndOfStream, Cancel)):
             job = self._jobs.get(job_id)
             if job is None or not job.accepted:
-                raise MessageError(f"{message.KIND.value} for job {job_id!r}, which this worker has not accepted")
+                kind = message.KIND.value
+                raise MessageError(f"{kind} for job {job_id!r}, which this worker has not accepted")
             if isinstance(message, FrameMessage):
                 job.received += 1
                 self._owed[job_id] = self._owed.get(job_id, 0) + 1
@@ -437,7 +448,9 @@ class FrameInbox:
     def _end(self, job_id: str, job: _InboxJob, eos: EndOfStream) -> None:
         complete = job.received == eos.frames_sent
         if not complete:
-            logger.error("job %s: %d frames received, sender says %d sent", job_id, job.received, eos.frames_sent)
+            logger.error(
+                "job %s: %d frames received, sender says %d sent", job_id, job.received, eos.frames_sent
+            )
         self._jobs.pop(job_id)
         self._owed.pop(job_id, None)
         self.stats.jobs_ended += 1
@@ -453,7 +466,8 @@ class FrameInbox:
         try:
             self._socket.send_multipart([job_id.encode(), *encode(message)], flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
-            logger.warning("job %s: cannot reach its decoder (%s); %s not sent", job_id, exc, message.KIND.value)
+            kind = message.KIND.value
+            logger.warning("job %s: cannot reach its decoder (%s); %s not sent", job_id, exc, kind)
 
 
 class ResultSender:

@@ -31,7 +31,9 @@ VISIBILITY_S = 1.0
 
 def _queue(url: str, *, max_attempts: int = 3) -> JobQueue:
     client = redis.Redis.from_url(url, decode_responses=True)
-    return JobQueue(client, keys=KeyNames("test"), visibility_timeout_s=VISIBILITY_S, max_attempts=max_attempts)
+    return JobQueue(
+        client, keys=KeyNames("test"), visibility_timeout_s=VISIBILITY_S, max_attempts=max_attempts
+    )
 
 
 def hold_job(url: str, reports: multiprocessing.Queue) -> None:
@@ -68,7 +70,8 @@ def test_submit_claim_finish(redis_url: str) -> None:
     running = queue.get(submitted.id)
     assert running.state is JobState.RUNNING and running.worker == "worker-1" and running.started_at
 
-    assert queue.heartbeat(claim, JobProgress(frames_done=12, fps=24.5, frames_total=100)) is HeartbeatStatus.OK
+    progress = JobProgress(frames_done=12, fps=24.5, frames_total=100)
+    assert queue.heartbeat(claim, progress) is HeartbeatStatus.OK
     assert queue.finish(claim, JobState.DONE, outputs={"overlay": "/out/a.mp4"})
     done = queue.get(submitted.id)
     assert done.state is JobState.DONE and done.finished_at and done.outputs == {"overlay": "/out/a.mp4"}
@@ -149,7 +152,8 @@ def test_killed_consumer_job_is_retaken_after_visibility_timeout(redis_url: str,
     assert claim is not None and claim.job.id == job.id
     assert (claim.attempt, claim.restarted) == (2, True)
     record = queue.get(job.id)
-    assert (record.state, record.worker, record.attempts, record.frames_done) == (JobState.RUNNING, "rescuer", 2, 0)
+    assert record.state is JobState.RUNNING
+    assert (record.worker, record.attempts, record.frames_done) == ("rescuer", 2, 0)
     assert queue.finish(claim, JobState.DONE)
 
 
@@ -252,7 +256,8 @@ def test_embedded_redis_is_reused_persistent_and_stopped_cleanly(ipc_dir) -> Non
 
     restarted = resolve_redis("", ipc_dir)
     assert restarted.server is not None and not restarted.server.reused
-    assert redis.Redis.from_url(restarted.url).get("kept") == b"yes", "the append-only file survives a restart"
+    kept = redis.Redis.from_url(restarted.url).get("kept")
+    assert kept == b"yes", "the append-only file survives a restart"
     restarted.close()
 
     configured = resolve_redis("redis://db.example:6379/0", ipc_dir)

@@ -50,7 +50,9 @@ def test_every_kind_round_trips() -> None:
     mask = np.zeros((48, 64), dtype=np.uint8)
     mask[10:20, 5:9] = 2
     messages = [
-        JobStart(job_id="job-a", live=True, source_size=(640, 480), fps=25.0, options={"mem_every": 5}, mask=mask),
+        JobStart(
+            job_id="job-a", live=True, source_size=(640, 480), fps=25.0, options={"mem_every": 5}, mask=mask
+        ),
         JobStart(job_id="job-b", live=False, source_size=(32, 16)),
         _frame(),
         MaskMessage(job_id="job-a", index=3, mask=mask, pts=None, capture_time=5.0, timings={"step": 0.02}),
@@ -159,6 +161,8 @@ def test_payload_on_a_control_kind_is_rejected() -> None:
 
 def test_senders_cannot_build_messages_the_receiver_would_reject() -> None:
     with pytest.raises(MessageError, match="expected shape"):
-        FrameMessage(job_id="j", index=0, image=np.zeros((4, 4), np.uint8), pts=None, capture_time=0, source_size=(4, 4))
+        FrameMessage(
+            job_id="j", index=0, image=np.zeros((4, 4), np.uint8), pts=None, capture_time=0, source_size=(4, 4)
+        )
     with pytest.raises(MessageError, match="dtype"):
         MaskMessage(job_id="j", index=0, mask=np.zeros((4, 4), np.int64), pts=None, capture_time=0)

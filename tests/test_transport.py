@@ -123,7 +123,9 @@ def run_worker(
     context.destroy(linger=0)
 
 
-def run_decoder(endpoint: str, job_id: str, frames: int, queues: QueueSettings, reports: multiprocessing.Queue) -> None:
+def run_decoder(
+    endpoint: str, job_id: str, frames: int, queues: QueueSettings, reports: multiprocessing.Queue
+) -> None:
     """A decoder process: sends `frames` frames of one lossless job and reports the end acknowledgement."""
     context = zmq.Context()
     with FrameSender(context, endpoint, job_id, live=False, queues=queues, peer_timeout_s=WAIT_S) as sender:
@@ -174,7 +176,9 @@ def test_lossless_pipeline_delivers_every_frame_once_in_order(ipc_dir: Path, sta
     collector.close()
 
 
-def test_lossless_sender_stops_after_its_window_when_the_worker_stalls(ipc_dir: Path, start_process, context) -> None:
+def test_lossless_sender_stops_after_its_window_when_the_worker_stalls(
+    ipc_dir: Path, start_process, context
+) -> None:
     queues = QueueSettings(batch_frames=3)
     endpoint = _endpoint(ipc_dir, "w0")
     reports = SPAWN.Queue()
@@ -207,7 +211,12 @@ def test_lossless_wait_notices_cancel(ipc_dir: Path, start_process, context) -> 
     start_process(run_worker, endpoint, None, queues, 0.0, 1.5, reports)
     cancel_at = time.monotonic() + 0.3
     with FrameSender(
-        context, endpoint, "job-a", live=False, queues=queues, should_stop=lambda: time.monotonic() > cancel_at
+        context,
+        endpoint,
+        "job-a",
+        live=False,
+        queues=queues,
+        should_stop=lambda: time.monotonic() > cancel_at,
     ) as sender:
         sender.open(JobStart(job_id="job-a", live=False, source_size=(256, 192)), timeout_s=WAIT_S)
         sender.send_frame(_frame("job-a", 0))
@@ -277,7 +286,9 @@ def test_frames_of_each_job_reach_only_their_worker(ipc_dir: Path, start_process
             assert indices == list(range(25))
 
 
-def test_malformed_messages_are_rejected_and_the_worker_keeps_serving(ipc_dir: Path, start_process, context) -> None:
+def test_malformed_messages_are_rejected_and_the_worker_keeps_serving(
+    ipc_dir: Path, start_process, context
+) -> None:
     queues = QueueSettings(batch_frames=2)
     endpoint = _endpoint(ipc_dir, "w0")
     reports = SPAWN.Queue()
