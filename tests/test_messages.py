@@ -162,7 +162,12 @@ def test_payload_on_a_control_kind_is_rejected() -> None:
 def test_senders_cannot_build_messages_the_receiver_would_reject() -> None:
     with pytest.raises(MessageError, match="expected shape"):
         FrameMessage(
-            job_id="j", index=0, image=np.zeros((4, 4), np.uint8), pts=None, capture_time=0, source_size=(4, 4)
+            job_id="j",
+            index=0,
+            image=np.zeros((4, 4), np.uint8),
+            pts=None,
+            capture_time=0,
+            source_size=(4, 4),
         )
     with pytest.raises(MessageError, match="dtype"):
         MaskMessage(job_id="j", index=0, mask=np.zeros((4, 4), np.int64), pts=None, capture_time=0)
