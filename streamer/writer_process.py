@@ -57,8 +57,6 @@ from streamer.transport import QueueSettings, ResultCollector, ResultSender, Tra
 logger = logging.getLogger(__name__)
 
 RECEIVE_TIMEOUT_S = 0.1
-PROGRESS_INTERVAL_S = 0.5
-"""How often a running job's counters are sent to the daemon."""
 FINISHED_MEMORY = 512
 """Finished jobs remembered, so late messages of a job are ignored instead of reopening it."""
 
@@ -80,6 +78,8 @@ class WriterSettings:
     queues: QueueSettings = field(default_factory=QueueSettings)
     name: str = "writer"
     heartbeat_s: float = 1.0
+    progress_interval_s: float = 0.5
+    """How often a running job's counters go to the daemon; 0 sends one Progress per written frame."""
     alpha: float = 0.5
     crf: int = 20
     preset: str = "veryfast"
@@ -252,6 +252,8 @@ class WriterLoop:
             job.last_index = mask.index
             job.written = job.output.frames_written
             job.latency_s = time.time() - mask.capture_time
+            if self.settings.progress_interval_s == 0:
+                self._send_progress(job)
         if job.phase is JobPhase.ENDING and not job.masks:
             self._complete(job)
 
@@ -295,7 +297,7 @@ class WriterLoop:
     def _periodic(self) -> None:
         now = time.monotonic()
         for job in self.jobs.values():
-            if now - job.reported_at >= PROGRESS_INTERVAL_S and job.written != job.reported_written:
+            if now - job.reported_at >= self.settings.progress_interval_s and job.written != job.reported_written:
                 self._send_progress(job)
         self._heartbeat()
 
