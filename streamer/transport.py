@@ -27,6 +27,8 @@ Live jobs: `send_frame` never blocks. Without credit, the frame waits in a one-f
 the newer frame is dropped instead. A live worker asks for a frame only when it is ready for one, so
 with a live window of 1 the frame it gets is never older than one source frame interval.
 Every frame is either sent or counted in `SenderStats.dropped`; sent = received + dropped is exact.
+A live worker that takes no frame for ``peer_timeout_s`` raises `PeerTimeout` rather than letting the
+job drop every frame while looking healthy.
 
 End of stream. `FrameSender.finish` first delivers the held live frame, then sends `EndOfStream` with
 the counts, and waits for the worker's `EndAck`. The inbox answers only when the worker asks for the
@@ -186,6 +188,7 @@ class FrameSender:
         self._poll_interval_s = poll_interval_s
         self._credits = 0
         self._held: FrameMessage | None = None
+        self._starved_since: float | None = None
         self._ack: EndAck | None = None
         self._socket = context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.IDENTITY, job_id.encode())
@@ -277,6 +280,14 @@ class FrameSender:
 
     def _offer_live(self, frame: FrameMessage) -> SendOutcome:
         self._pump(0)
+        if self._credits > 0:
+            self._starved_since = None
+        elif self._starved_since is None:
+            self._starved_since = time.monotonic()
+        elif time.monotonic() - self._starved_since > self._peer_timeout_s:
+            # Dropping forever would look healthy from outside; a worker this silent is gone.
+            waited = self._peer_timeout_s
+            raise PeerTimeout(f"job {self.job_id}: worker took no frame for {waited:.1f} s")
         if self._held is None:
             self._held = frame
         elif self._policy is LiveDropPolicy.DROP_OLDEST:

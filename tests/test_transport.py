@@ -257,6 +257,21 @@ def test_live_sender_drops_without_blocking_and_counts_exactly(
         assert seen[-1] == total - 1, "the newest frame is kept"
 
 
+def test_live_sender_fails_when_the_worker_takes_nothing(ipc_dir: Path, start_process, context) -> None:
+    queues = QueueSettings(live_frames=1)
+    endpoint = _endpoint(ipc_dir, "w0")
+    reports = SPAWN.Queue()
+    start_process(run_worker, endpoint, None, queues, 0.0, 2.0, reports)
+    with FrameSender(context, endpoint, "cam", live=True, queues=queues, peer_timeout_s=0.5) as sender:
+        sender.open(JobStart(job_id="cam", live=True, source_size=(256, 192)), timeout_s=WAIT_S)
+        with pytest.raises(PeerTimeout, match="took no frame"):
+            for index in range(10_000):
+                sender.send_frame(_frame("cam", index))
+                time.sleep(0.01)
+        assert sender.stats.sent == 1 and sender.stats.dropped > 0
+        sender.cancel("worker stalled")
+
+
 def test_frames_of_each_job_reach_only_their_worker(ipc_dir: Path, start_process) -> None:
     queues = QueueSettings(batch_frames=2)
     w0, w1 = _endpoint(ipc_dir, "w0"), _endpoint(ipc_dir, "w1")
