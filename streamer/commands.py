@@ -11,16 +11,19 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 if TYPE_CHECKING:
     from streamer.jobs import JobQueue, JobRecord
 
-ConfigOption = typer.Option(None, "--config", "-c", help="YAML configuration (default: built-in defaults).")
+ConfigPath = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="YAML configuration (default: built-in defaults).")
+]
 
 
 @contextmanager
@@ -82,7 +85,7 @@ def _local(path: str) -> str:
     return str(candidate.resolve()) if candidate.exists() else path
 
 
-def serve_command(config: Optional[Path] = ConfigOption) -> None:
+def serve_command(config: ConfigPath = None) -> None:
     """Run the daemon in the foreground until SIGTERM or Ctrl-C."""
     import logging
 
@@ -94,29 +97,40 @@ def serve_command(config: Optional[Path] = ConfigOption) -> None:
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s daemon %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s daemon %(levelname)s %(name)s %(message)s"
+    )
     logging.getLogger(__name__).info("config: %s", json.dumps(settings.summary()))
     serve(DaemonSettings.from_config(settings))
 
 
 def submit_command(
-    source: str = typer.Argument(..., help="Video file, stream URL (rtsp://, udp://, http://) or camera."),
-    mask: Optional[Path] = typer.Option(None, "--mask", "-m", help="First-frame index mask (palette PNG)."),
-    live: Optional[bool] = typer.Option(
-        None, "--live/--batch", help="Live: newest frames, drops counted. Default: guessed from the source."
-    ),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output directory (default: data_dir)."),
-    option: list[str] = typer.Option([], "--option", "-O", help="XMem option override, name=value (repeatable)."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
-    overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay.mp4."),
-    pngs: bool = typer.Option(True, "--pngs/--no-pngs", help="Write palette PNG masks."),
-    rle: bool = typer.Option(True, "--rle/--no-rle", help="Write masks.jsonl (RLE)."),
-    config: Optional[Path] = ConfigOption,
+    source: Annotated[
+        str, typer.Argument(help="Video file, stream URL (rtsp://, udp://, http://) or camera.")
+    ],
+    mask: Annotated[
+        Optional[Path], typer.Option("--mask", "-m", help="First-frame index mask (PNG).")
+    ] = None,
+    live: Annotated[
+        Optional[bool],
+        typer.Option("--live/--batch", help="Live: newest frames, drops counted. Default: from the source."),
+    ] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory.")] = None,
+    option: Annotated[
+        Optional[list[str]], typer.Option("--option", "-O", help="XMem option, name=value (repeatable).")
+    ] = None,
+    max_frames: Annotated[
+        Optional[int], typer.Option("--max-frames", min=1, help="Stop after this many frames.")
+    ] = None,
+    overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4.")] = True,
+    pngs: Annotated[bool, typer.Option("--pngs/--no-pngs", help="Write palette PNG masks.")] = True,
+    rle: Annotated[bool, typer.Option("--rle/--no-rle", help="Write masks.jsonl (RLE).")] = True,
+    config: ConfigPath = None,
 ) -> None:
     """Queue a job; prints its id."""
     from streamer.ingest import is_live_uri
 
-    options = _parse_options(option)
+    options = _parse_options(option or [])
     options.update(overlay=overlay, masks=pngs, rle=rle)
     if output is not None:
         options["output_dir"] = str(output.expanduser().resolve())
@@ -140,9 +154,9 @@ def _row(record: JobRecord) -> dict[str, Any]:
 
 
 def status_command(
-    job: Optional[str] = typer.Argument(None, help="Job id; all recent jobs when omitted."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    config: Optional[Path] = ConfigOption,
+    job: Annotated[Optional[str], typer.Argument(help="Job id; all recent jobs when omitted.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    config: ConfigPath = None,
 ) -> None:
     """Show one job's status (state, progress, error, outputs), or every recent job."""
     with _queue(config) as queue:
@@ -155,8 +169,8 @@ def status_command(
 
 
 def jobs_command(
-    limit: int = typer.Option(50, "--limit", "-n", min=1, help="How many jobs, newest first."),
-    config: Optional[Path] = ConfigOption,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many jobs, newest first.")] = 50,
+    config: ConfigPath = None,
 ) -> None:
     """List recent jobs, newest first, and the dead letters."""
     with _queue(config) as queue:
@@ -182,15 +196,24 @@ def _print_table(records: list[JobRecord], *, detailed: bool) -> None:
     table = Table("id", "state", "frames", "fps", "dropped", "source", "error")
     for record in records:
         total = f"/{record.frames_total}" if record.frames_total is not None else ""
-        table.add_row(record.id, record.state.value, f"{record.frames_done}{total}", f"{record.fps:.1f}",
-                      str(record.dropped_frames), record.source, record.error or "")
+        table.add_row(
+            record.id,
+            record.state.value,
+            f"{record.frames_done}{total}",
+            f"{record.fps:.1f}",
+            str(record.dropped_frames),
+            record.source,
+            record.error or "",
+        )
     console.print(table)
 
 
 def watch_command(
-    job: str = typer.Argument(..., help="Job id."),
-    interval: float = typer.Option(0.5, "--interval", min=0.05, help="Seconds between status reads."),
-    config: Optional[Path] = ConfigOption,
+    job: Annotated[str, typer.Argument(help="Job id.")],
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.05, help="Seconds between status reads.")
+    ] = 0.5,
+    config: ConfigPath = None,
 ) -> None:
     """Show a progress bar until the job ends; exit code 0 when done, 1 when failed or cancelled."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -199,14 +222,27 @@ def watch_command(
 
     with _queue(config) as queue:
         record = _record_or_exit(queue, job)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[fps]:.1f} fps, {task.fields[dropped]} dropped"), TimeElapsedColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[fps]:.1f} fps, {task.fields[dropped]} dropped"),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, transient=False) as progress:
-            task = progress.add_task(f"{job} {record.state.value}", total=record.frames_total, fps=0.0, dropped=0)
+            task = progress.add_task(
+                f"{job} {record.state.value}", total=record.frames_total, fps=0.0, dropped=0
+            )
             while True:
                 record = queue.get(job)
-                progress.update(task, description=f"{job} {record.state.value}", completed=record.frames_done,
-                                total=record.frames_total, fps=record.fps, dropped=record.dropped_frames)
+                progress.update(
+                    task,
+                    description=f"{job} {record.state.value}",
+                    completed=record.frames_done,
+                    total=record.frames_total,
+                    fps=record.fps,
+                    dropped=record.dropped_frames,
+                )
                 if record.state.final:
                     break
                 time.sleep(interval)
@@ -219,8 +255,8 @@ def watch_command(
 
 
 def cancel_command(
-    job: str = typer.Argument(..., help="Job id."),
-    config: Optional[Path] = ConfigOption,
+    job: Annotated[str, typer.Argument(help="Job id.")],
+    config: ConfigPath = None,
 ) -> None:
     """Cancel a queued job at once, or a running one within a second; its outputs are discarded."""
     from streamer.jobs import JobNotFound

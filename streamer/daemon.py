@@ -40,11 +40,12 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 import redis
 import zmq
@@ -123,8 +124,15 @@ class DaemonSettings:
 
             checkpoint = str(default_model_path())
         writer = config.writer
-        outputs = tuple(name for name, on in (("overlay", writer.write_overlay), ("masks", writer.write_pngs),
-                                               ("rle", writer.write_rle_json)) if on)
+        outputs = tuple(
+            name
+            for name, on in (
+                ("overlay", writer.write_overlay),
+                ("masks", writer.write_pngs),
+                ("rle", writer.write_rle_json),
+            )
+            if on
+        )
         values: dict[str, Any] = dict(
             checkpoint=checkpoint,
             data_dir=config.data_dir,
@@ -231,7 +239,9 @@ def split_options(
     if not (outputs["overlay"] or outputs["masks"] or outputs["rle"]):
         raise JobOptionError("the job asks for no output: enable at least one of overlay, masks, rle")
     max_frames = options.get("max_frames")
-    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):
+    if max_frames is not None and (
+        isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1
+    ):
         raise JobOptionError(f"option 'max_frames' must be a positive integer, got {max_frames!r}")
     inference = {k: v for k, v in options.items() if k not in WRITER_OPTIONS and k != "max_frames"}
     return outputs, inference, max_frames
@@ -292,8 +302,12 @@ class Daemon:
             alpha=settings.overlay_alpha,
             crf=settings.crf,
         )
-        self.writer = Child("writer", writer_settings.collector_endpoint, lambda: self._spawn(run_writer, writer_settings))
-        self._writer_tx = ResultSender(self._context, self.writer.endpoint, settings.queues, peer_timeout_s=2.0)
+        self.writer = Child(
+            "writer", writer_settings.collector_endpoint, lambda: self._spawn(run_writer, writer_settings)
+        )
+        self._writer_tx = ResultSender(
+            self._context, self.writer.endpoint, settings.queues, peer_timeout_s=2.0
+        )
         for index, device in enumerate(settings.devices):
             worker_settings = WorkerSettings(
                 name=f"worker-{index}",
@@ -312,13 +326,21 @@ class Daemon:
                 peer_timeout_s=settings.peer_timeout_s,
             )
             self.workers.append(
-                Child(worker_settings.name, worker_settings.inbox_endpoint,
-                      lambda s=worker_settings: self._spawn(run_worker, s))
+                Child(
+                    worker_settings.name,
+                    worker_settings.inbox_endpoint,
+                    lambda s=worker_settings: self._spawn(run_worker, s),
+                )
             )
         for child in self._children():
             child.launch()
-        logger.info("daemon started consumer=%s redis=%s devices=%s checkpoint=%s", self.consumer,
-                    self._redis_endpoint.url, ",".join(settings.devices), settings.checkpoint)
+        logger.info(
+            "daemon started consumer=%s redis=%s devices=%s checkpoint=%s",
+            self.consumer,
+            self._redis_endpoint.url,
+            ",".join(settings.devices),
+            settings.checkpoint,
+        )
 
     def _shutdown(self) -> None:
         logger.info("daemon stopping: %d running jobs are left claimed for the next daemon", len(self.jobs))
@@ -382,7 +404,11 @@ class Daemon:
                     child.last_heartbeat = time.monotonic()
                     if child.state is ProcessState.STARTING:
                         child.state = ProcessState.READY
-                        logger.info("process=%s ready pid=%s", child.name, child.process.pid if child.process else None)
+                        logger.info(
+                            "process=%s ready pid=%s",
+                            child.name,
+                            child.process.pid if child.process else None,
+                        )
             return
         job = self.jobs.get(getattr(message, "job_id", None) or "")
         if job is None or job.phase is JobPhase.STOPPING:
@@ -465,7 +491,9 @@ class Daemon:
                 elif job.decoder_ended_at is None:
                     job.decoder_ended_at = now
                 elif now - job.decoder_ended_at > self.settings.finish_timeout_s:
-                    self._finish(job, JobState.FAILED, error="the writer did not complete the outputs in time")
+                    self._finish(
+                        job, JobState.FAILED, error="the writer did not complete the outputs in time"
+                    )
             elif job.decoder is None or not job.decoder.is_alive():
                 if job.decoder is not None:
                     job.decoder.join(0.1)
@@ -478,8 +506,11 @@ class Daemon:
         for other in self.jobs.values():
             if other.worker is not None and other is not job and other.phase is not JobPhase.WAITING:
                 load[id(other.worker)] += 1
-        ready = [w for w in self.workers if w.state is ProcessState.READY
-                 and load[id(w)] < self.settings.max_jobs_per_worker]
+        ready = [
+            w
+            for w in self.workers
+            if w.state is ProcessState.READY and load[id(w)] < self.settings.max_jobs_per_worker
+        ]
         return min(ready, key=lambda w: load[id(w)], default=None)
 
     def _start_decoder(self, job: DaemonJob, worker: Child) -> None:
@@ -510,10 +541,18 @@ class Daemon:
         )
         job.decoder = self._spawn(run_decoder, decoder_settings)
         job.phase = JobPhase.RUNNING
-        logger.info("job=%s run=%d worker=%s decoder pid=%s", job.job_id, job.runs, worker.name, job.decoder.pid)
+        logger.info(
+            "job=%s run=%d worker=%s decoder pid=%s", job.job_id, job.runs, worker.name, job.decoder.pid
+        )
 
-    def _finish(self, job: DaemonJob, state: JobState, *, error: str | None = None,
-                outputs: dict[str, str] | None = None) -> None:
+    def _finish(
+        self,
+        job: DaemonJob,
+        state: JobState,
+        *,
+        error: str | None = None,
+        outputs: dict[str, str] | None = None,
+    ) -> None:
         """Write the final state, then stop the job's processes; outputs are discarded unless DONE."""
         assert self.queue is not None
         self.queue.heartbeat(job.claim, job.progress())
@@ -609,7 +648,9 @@ class Daemon:
         except JobOptionError as exc:
             self.queue.finish(claim, JobState.FAILED, error=str(exc))
             return
-        self.jobs[claim.job.id] = DaemonJob(claim=claim, outputs=outputs, inference=inference, max_frames=max_frames)
+        self.jobs[claim.job.id] = DaemonJob(
+            claim=claim, outputs=outputs, inference=inference, max_frames=max_frames
+        )
 
 
 def serve(settings: DaemonSettings) -> None:

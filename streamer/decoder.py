@@ -35,7 +35,14 @@ import numpy as np
 import zmq
 
 from streamer.messages import Cancel, ErrorMessage, FrameMessage, JobStart, Message, Progress
-from streamer.transport import FrameSender, JobRejected, QueueSettings, ResultSender, SendOutcome, TransportError
+from streamer.transport import (
+    FrameSender,
+    JobRejected,
+    QueueSettings,
+    ResultSender,
+    SendOutcome,
+    TransportError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +167,9 @@ class Decoder:
         with source:
             info = source.info
             try:
-                mask = load_first_mask(self.settings.mask_path, (info.width, info.height), self.settings.max_objects)
+                mask = load_first_mask(
+                    self.settings.mask_path, (info.width, info.height), self.settings.max_objects
+                )
             except JobInputError as exc:
                 return self._fail("mask", str(exc))
             start = JobStart(
@@ -246,8 +255,13 @@ class Decoder:
         if held is not None:
             self.writer.send(held)
         ack = sender.finish(timeout_s=self.settings.peer_timeout_s)
-        logger.info("job=%s end acknowledged frames=%d complete=%s dropped=%d", job_id, ack.frames_received,
-                    ack.complete, sender.stats.dropped)
+        logger.info(
+            "job=%s end acknowledged frames=%d complete=%s dropped=%d",
+            job_id,
+            ack.frames_received,
+            ack.complete,
+            sender.stats.dropped,
+        )
         self._set_state(DecoderState.DONE)
         return self.state
 
@@ -271,7 +285,9 @@ class Decoder:
         try:
             self.events.send(message)
         except TransportError as exc:
-            logger.warning("job=%s daemon unreachable, %s not sent: %s", self.settings.job_id, message.KIND.value, exc)
+            logger.warning(
+                "job=%s daemon unreachable, %s not sent: %s", self.settings.job_id, message.KIND.value, exc
+            )
 
     def _set_state(self, state: DecoderState) -> None:
         self.state = state
@@ -297,7 +313,12 @@ def run_decoder(settings: DecoderSettings) -> None:
     started = time.monotonic()
     try:
         state = decoder.run()
-        logger.info("job=%s decoder exit state=%s after %.1f s", settings.job_id, state.value, time.monotonic() - started)
+        logger.info(
+            "job=%s decoder exit state=%s after %.1f s",
+            settings.job_id,
+            state.value,
+            time.monotonic() - started,
+        )
     finally:
         decoder.close()
         context.term()

@@ -178,7 +178,7 @@ class WriterLoop:
             else:
                 logger.warning("job=%s unexpected kind=%s", job.start.job_id, message.KIND.value)
             self._join(job)
-        except Exception as exc:  # noqa: BLE001 - one job's broken output must not stop the others
+        except Exception as exc:  # one job's broken output must not stop the others
             logger.exception("job=%s writing failed", job.start.job_id)
             self._abort(job.start.job_id, JobPhase.FAILED, f"cannot write outputs: {exc}")
 
@@ -195,8 +195,12 @@ class WriterLoop:
                 job.masks.clear()
                 job.last_index = -1
             job.end, job.phase, job.start = None, JobPhase.OPEN, start
-            logger.info("job=%s re-run attempt=%s written_so_far=%d", job_id, start.outputs.get("attempt"),
-                        job.written)
+            logger.info(
+                "job=%s re-run attempt=%s written_so_far=%d",
+                job_id,
+                start.outputs.get("attempt"),
+                job.written,
+            )
             return
         self.finished.pop(job_id, None)
         from streamer.writer import OutputWriter
@@ -241,7 +245,9 @@ class WriterLoop:
             if frame is None:
                 if job.frames and max(job.frames) > mask.index:
                     job.masks.popleft()  # frames arrive in order: this one is not coming any more
-                    logger.warning("job=%s frame=%d never arrived; mask dropped", job.start.job_id, mask.index)
+                    logger.warning(
+                        "job=%s frame=%d never arrived; mask dropped", job.start.job_id, mask.index
+                    )
                     continue
                 break
             job.masks.popleft()
@@ -276,8 +282,13 @@ class WriterLoop:
         del self.jobs[job_id]
         self._remember(job_id, JobPhase.COMPLETE, done)
         self._report(done)
-        logger.info("job=%s complete frames=%d duplicates=%d seconds=%.1f", job_id, report.frames_written,
-                    report.duplicates, time.monotonic() - job.opened_at)
+        logger.info(
+            "job=%s complete frames=%d duplicates=%d seconds=%.1f",
+            job_id,
+            report.frames_written,
+            report.duplicates,
+            time.monotonic() - job.opened_at,
+        )
 
     def _abort(self, job_id: str, phase: JobPhase, reason: str) -> None:
         job = self.jobs.pop(job_id, None)
@@ -297,7 +308,10 @@ class WriterLoop:
     def _periodic(self) -> None:
         now = time.monotonic()
         for job in self.jobs.values():
-            if now - job.reported_at >= self.settings.progress_interval_s and job.written != job.reported_written:
+            if (
+                now - job.reported_at >= self.settings.progress_interval_s
+                and job.written != job.reported_written
+            ):
                 self._send_progress(job)
         self._heartbeat()
 

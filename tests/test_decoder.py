@@ -14,6 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from videos import (
+    corrupt_file,
+    truncate_file,
+    write_first_mask,
+    write_moving_shape_video,
+    write_text_file,
+    write_zero_byte_file,
+)
 
 from streamer.decoder import DecoderSettings, run_decoder
 from streamer.messages import (
@@ -26,14 +34,6 @@ from streamer.messages import (
     Progress,
 )
 from streamer.transport import FrameInbox, QueueSettings, ResultCollector
-from videos import (
-    corrupt_file,
-    truncate_file,
-    write_first_mask,
-    write_moving_shape_video,
-    write_text_file,
-    write_zero_byte_file,
-)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -119,7 +119,9 @@ def _play_worker(
     raise AssertionError("the decoder never ended the stream")
 
 
-def test_batch_job_is_lossless_in_order_with_full_size_copies_for_the_writer(clip, peers: Peers, start_process) -> None:
+def test_batch_job_is_lossless_in_order_with_full_size_copies_for_the_writer(
+    clip, peers: Peers, start_process
+) -> None:
     video, first, masks = clip
     process = start_process(run_decoder, peers.settings(video, first))
     start, frames, end = _play_worker(peers)
@@ -160,15 +162,21 @@ def test_live_job_drops_when_the_worker_is_slow_and_accounts_for_every_frame(
     video, first, _ = clip
     start_process(run_decoder, peers.settings(video, first, live=True, max_frames=30))
     _, frames, end = _play_worker(peers, delay_s=0.05)
-    peers.wait_for(lambda: any(isinstance(m, Cancel | EndOfStream) for m in peers.seen_by_writer) or
-                   len([m for m in peers.seen_by_writer if isinstance(m, FrameMessage)]) >= len(frames),
-                   "full-size frames")
+    peers.wait_for(
+        lambda: (
+            any(isinstance(m, Cancel | EndOfStream) for m in peers.seen_by_writer)
+            or len([m for m in peers.seen_by_writer if isinstance(m, FrameMessage)]) >= len(frames)
+        ),
+        "full-size frames",
+    )
     assert end.frames_total == 30 and end.frames_dropped > 0
     assert end.frames_sent == len(frames) and len(frames) + end.frames_dropped == 30
     indexes = [f.index for f in frames]
     assert indexes == sorted(indexes) and indexes[0] == 0
     full = [m.index for m in peers.seen_by_writer if isinstance(m, FrameMessage)]
-    assert full == indexes  # the writer gets exactly the frames the worker got, so no mask is waited for in vain
+    assert (
+        full == indexes
+    )  # the writer gets exactly the frames the worker got, so no mask is waited for in vain
 
 
 @pytest.mark.parametrize(

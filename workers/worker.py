@@ -157,7 +157,9 @@ class Worker:
         elif isinstance(message, (EndOfStream, Cancel)):
             self._close(message)
         elif isinstance(message, Shutdown):
-            logger.info("worker=%s shutdown reason=%s drain=%s", self.settings.name, message.reason, message.drain)
+            logger.info(
+                "worker=%s shutdown reason=%s drain=%s", self.settings.name, message.reason, message.drain
+            )
             self.request_stop(drain=message.drain)
         else:
             logger.warning("worker=%s unexpected message kind=%s", self.settings.name, message.KIND.value)
@@ -166,7 +168,9 @@ class Worker:
         now = time.monotonic()
         for job_id, job in list(self.jobs.items()):
             if now - job.last_message > self.settings.idle_timeout_s:
-                logger.warning("job=%s idle for %.0f s, its decoder is gone; dropped", job_id, now - job.last_message)
+                logger.warning(
+                    "job=%s idle for %.0f s, its decoder is gone; dropped", job_id, now - job.last_message
+                )
                 self._close(Cancel(job_id=job_id, reason="decoder gone"))
 
     def _open(self, start: JobStart) -> None:
@@ -184,8 +188,13 @@ class Worker:
             return
         self.jobs[start.job_id] = WorkerJob(start=start, session=session, first_mask=start.mask)
         self.inbox.accept(start)
-        logger.info("job=%s accepted worker=%s live=%s jobs=%d", start.job_id, self.settings.name, start.live,
-                    len(self.jobs))
+        logger.info(
+            "job=%s accepted worker=%s live=%s jobs=%d",
+            start.job_id,
+            self.settings.name,
+            start.live,
+            len(self.jobs),
+        )
 
     def _session(self, overrides: dict[str, Any]) -> Any:
         from workers.xmem.config import InferenceConfig
@@ -210,8 +219,9 @@ class Worker:
             job.first_mask = None
         width, height = frame.source_size
         try:
-            result = job.session.step(frame.image, mask, output_size=(height, width))
-        except Exception as exc:  # noqa: BLE001 - any failure of one job must not take the worker down
+            # A writable copy: the received frame is read-only message memory, which torch refuses to wrap.
+            result = job.session.step(np.array(frame.image), mask, output_size=(height, width))
+        except Exception as exc:  # any failure of one job must not take the worker down
             logger.exception("job=%s frame=%d step failed", frame.job_id, frame.index)
             self._fail(frame.job_id, "inference", f"segmenting frame {frame.index} failed: {exc}")
             return
@@ -234,7 +244,9 @@ class Worker:
         job = self.jobs.pop(message.job_id, None)
         if job is not None:
             fps = job.frames / job.seconds if job.seconds else 0.0
-            logger.info("job=%s %s frames=%d model_fps=%.1f", message.job_id, message.KIND.value, job.frames, fps)
+            logger.info(
+                "job=%s %s frames=%d model_fps=%.1f", message.job_id, message.KIND.value, job.frames, fps
+            )
         self._send_result(message.job_id, message)
 
     def _send_result(self, job_id: str, message: Message) -> None:
@@ -257,8 +269,9 @@ class Worker:
         try:
             self.events.send(message)
         except TransportError as exc:
-            logger.warning("worker=%s daemon unreachable, %s not sent: %s", self.settings.name,
-                           message.KIND.value, exc)
+            logger.warning(
+                "worker=%s daemon unreachable, %s not sent: %s", self.settings.name, message.KIND.value, exc
+            )
 
     def _set_state(self, state: WorkerState) -> None:
         self.state = state
@@ -279,7 +292,9 @@ def check_first_mask(mask: np.ndarray | None, source_size: tuple[int, int], max_
     if objects == 0:
         raise JobSetupError("first-frame mask has no object: every pixel is background (0)")
     if objects > max_objects:
-        raise JobSetupError(f"first-frame mask has {objects} objects; this daemon allows at most {max_objects}")
+        raise JobSetupError(
+            f"first-frame mask has {objects} objects; this daemon allows at most {max_objects}"
+        )
 
 
 def fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
