@@ -125,7 +125,8 @@ def load_first_mask(path: str | None, source_size: tuple[int, int], max_objects:
         raise JobInputError(f"first-frame mask {mask_path.name} has no object: every pixel is background (0)")
     if labels.size > max_objects:
         raise JobInputError(
-            f"first-frame mask {mask_path.name} has {labels.size} objects; this daemon allows at most {max_objects}"
+            f"first-frame mask {mask_path.name} has {labels.size} objects; "
+            f"this daemon allows at most {max_objects}"
         )
     return mask
 
@@ -140,9 +141,12 @@ class Decoder:
         self.state = DecoderState.OPENING
         self.events = ResultSender(context, settings.events_endpoint, settings.queues, peer_timeout_s=5.0)
         self.writer = ResultSender(
-            context, settings.writer_endpoint, settings.queues, should_stop=stop,
+            context,
+            settings.writer_endpoint,
+            settings.queues,
+            should_stop=stop,
             peer_timeout_s=settings.peer_timeout_s,
-        )  # fmt: skip
+        )
 
     def run(self) -> DecoderState:
         from streamer.ingest import ReconnectPolicy, SourceError, open_source
@@ -202,9 +206,14 @@ class Decoder:
 
         settings = self.settings
         with FrameSender(
-            self.context, settings.worker_endpoint, settings.job_id, live=settings.live, queues=settings.queues,
-            should_stop=self.stop, peer_timeout_s=settings.peer_timeout_s,
-        ) as sender:  # fmt: skip
+            self.context,
+            settings.worker_endpoint,
+            settings.job_id,
+            live=settings.live,
+            queues=settings.queues,
+            should_stop=self.stop,
+            peer_timeout_s=settings.peer_timeout_s,
+        ) as sender:
             sender.open(start, timeout_s=settings.peer_timeout_s)
             self._set_state(DecoderState.STREAMING)
             try:

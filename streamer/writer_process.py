@@ -275,9 +275,11 @@ class WriterLoop:
             return
         report = job.output.close()
         done = EndOfStream(
-            job_id=job_id, frames_total=report.frames_written, frames_sent=job.end.frames_sent,
+            job_id=job_id,
+            frames_total=report.frames_written,
+            frames_sent=job.end.frames_sent,
             frames_dropped=job.end.frames_dropped,
-        )  # fmt: skip
+        )
         self._send_progress(job)
         del self.jobs[job_id]
         self._remember(job_id, JobPhase.COMPLETE, done)

@@ -61,11 +61,19 @@ class Peers:
 
     def settings(self, source: Path | str, mask: Path | None, **overrides: object) -> DecoderSettings:
         values: dict[str, object] = dict(
-            job_id="job-1", source=str(source), mask_path=str(mask) if mask else None, live=False,
-            worker_endpoint=self.worker.endpoint, writer_endpoint=self.writer.endpoint,
-            events_endpoint=self.events.endpoint, queues=QUEUES, size=64, max_objects=4,
-            outputs={"dir": "unused"}, peer_timeout_s=10.0,
-        )  # fmt: skip
+            job_id="job-1",
+            source=str(source),
+            mask_path=str(mask) if mask else None,
+            live=False,
+            worker_endpoint=self.worker.endpoint,
+            writer_endpoint=self.writer.endpoint,
+            events_endpoint=self.events.endpoint,
+            queues=QUEUES,
+            size=64,
+            max_objects=4,
+            outputs={"dir": "unused"},
+            peer_timeout_s=10.0,
+        )
         values.update(overrides)
         return DecoderSettings(**values)  # type: ignore[arg-type]
 
@@ -101,7 +109,7 @@ def peers(ipc_dir: Path) -> Peers:
 def _play_worker(
     peers: Peers, *, delay_s: float = 0.0, start: JobStart | None = None
 ) -> tuple[JobStart, list[FrameMessage], EndOfStream]:
-    """Accept the job (unless `start` was already accepted) and consume every frame until the end of stream."""
+    """Accept the job (unless `start` was already accepted), then consume every frame until the end."""
     frames: list[FrameMessage] = []
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:

@@ -54,13 +54,18 @@ class Rig:
     context: zmq.Context
     settings: WorkerSettings
     results: queue.Queue
-    """Everything the worker sent to the writer, read by a thread (results are lossless: unread, they block it)."""
+    """What the worker sent to the writer, read by a thread (results are lossless: unread, they block it)."""
     events: ResultCollector
     backlog: dict[str, list] = field(default_factory=dict)
 
     def sender(self, job_id: str) -> FrameSender:
         return FrameSender(
-            self.context, self.settings.inbox_endpoint, job_id, live=False, queues=QUEUES, peer_timeout_s=WAIT_S
+            self.context,
+            self.settings.inbox_endpoint,
+            job_id,
+            live=False,
+            queues=QUEUES,
+            peer_timeout_s=WAIT_S,
         )
 
     def collect(self, until: type, job_id: str) -> list:
@@ -78,7 +83,9 @@ class Rig:
                     continue
                 other = getattr(message, "job_id", None)
                 if other != job_id:
-                    self.backlog.setdefault(other, []).append(message)  # kept, in order, for its own collect()
+                    self.backlog.setdefault(other, []).append(
+                        message
+                    )  # kept, in order, for its own collect()
                     continue
             received.append(message)
             if isinstance(message, until):
@@ -182,7 +189,9 @@ def test_two_interleaved_jobs_get_their_own_sessions_and_full_size_masks(
         assert set(np.unique(results[0].mask)) == {0, 1, 2}
         expected = _reference(checkpoint, frames, masks[0], options)
         for result, reference in zip(results, expected):  # interleaving must not leak memory between jobs
-            assert np.mean(result.mask == reference) > 0.995  # float summation order may flip a boundary pixel
+            assert (
+                np.mean(result.mask == reference) > 0.995
+            )  # float summation order may flip a boundary pixel
 
 
 @pytest.mark.parametrize(
