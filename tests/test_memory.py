@@ -36,8 +36,8 @@ def value_of(label: int, element: int) -> torch.Tensor:
 def add_frame(memory: MemoryManager, frame: int, labels: list[int], shrinkage: float = 1.0) -> None:
     elements = [FRAME * frame + i for i in range(FRAME)]
     value = torch.stack([torch.stack([value_of(label, e) for e in elements], dim=-1) for label in labels])
-    memory.add_memory(key_of(elements), torch.full((1, 1, 1, FRAME), shrinkage), value.view(1, len(labels), CV, 1, FRAME),
-                      labels, torch.ones(1, CK, 1, FRAME))
+    memory.add_memory(key_of(elements), torch.full((1, 1, 1, FRAME), shrinkage),
+                      value.view(1, len(labels), CV, 1, FRAME), labels, torch.ones(1, CK, 1, FRAME))
 
 
 def query(memory: MemoryManager, elements: list[int]) -> torch.Tensor:
@@ -67,6 +67,11 @@ def assert_values_match_keys(memory: MemoryManager) -> None:
 
 def config(**options) -> InferenceConfig:
     return InferenceConfig(top_k=1, **options)
+
+
+def manager(**options) -> MemoryManager:
+    """A memory without sensory state."""
+    return MemoryManager(config(**options), hidden_dim=0)
 
 
 def test_working_memory_adds_frames_and_forms_object_groups() -> None:
@@ -115,7 +120,7 @@ def test_usage_counts_reads_of_group_zero_per_query_frame() -> None:
 
 
 def test_compression_keeps_first_and_newest_frames_and_makes_prototypes_of_the_most_used() -> None:
-    memory = MemoryManager(config(max_mid_term_frames=4, min_mid_term_frames=2, num_prototypes=2), hidden_dim=0)
+    memory = manager(max_mid_term_frames=4, min_mid_term_frames=2, num_prototypes=2)
     for frame in range(3):
         add_frame(memory, frame, [1], shrinkage=1.0 + frame)
     query(memory, [4, 4])
@@ -133,7 +138,7 @@ def test_compression_keeps_first_and_newest_frames_and_makes_prototypes_of_the_m
 
 
 def test_potentiation_averages_candidates_that_share_a_key() -> None:
-    memory = MemoryManager(config(max_mid_term_frames=3, min_mid_term_frames=1, num_prototypes=1), hidden_dim=0)
+    memory = manager(max_mid_term_frames=3, min_mid_term_frames=1, num_prototypes=1)
     add_frame(memory, 0, [1])
     shared = key_of([7, 7])
     values = torch.tensor([[1.0, 3.0], [0.0, 0.0], [10.0, 30.0]]).view(1, 1, CV, 1, 2)
@@ -148,7 +153,7 @@ def test_potentiation_averages_candidates_that_share_a_key() -> None:
 
 
 def test_late_group_values_stay_aligned_with_their_keys_through_compression() -> None:
-    memory = MemoryManager(config(max_mid_term_frames=5, min_mid_term_frames=3, num_prototypes=2), hidden_dim=0)
+    memory = manager(max_mid_term_frames=5, min_mid_term_frames=3, num_prototypes=2)
     add_frame(memory, 0, [1])
     add_frame(memory, 1, [1])
     add_frame(memory, 2, [1, 2])
@@ -172,7 +177,7 @@ def test_late_group_values_stay_aligned_with_their_keys_through_compression() ->
 
 
 def test_a_group_that_ends_exactly_at_the_kept_frames_loses_no_keys_of_its_own() -> None:
-    memory = MemoryManager(config(max_mid_term_frames=4, min_mid_term_frames=2, num_prototypes=2), hidden_dim=0)
+    memory = manager(max_mid_term_frames=4, min_mid_term_frames=2, num_prototypes=2)
     add_frame(memory, 0, [1])
     add_frame(memory, 1, [1])
     add_frame(memory, 2, [1, 2])
@@ -232,7 +237,7 @@ def test_without_usage_counting_the_oldest_prototypes_are_evicted() -> None:
 
 
 def test_without_long_term_memory_working_memory_is_a_sliding_window() -> None:
-    memory = MemoryManager(config(enable_long_term=False, max_mid_term_frames=3, min_mid_term_frames=2), hidden_dim=0)
+    memory = manager(enable_long_term=False, max_mid_term_frames=3, min_mid_term_frames=2)
     for frame in range(3):
         add_frame(memory, frame, [1])
     assert memory.working.size == 6

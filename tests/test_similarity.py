@@ -1,4 +1,4 @@
-"""Memory readout maths: anisotropic L2 similarity (spec 2.4), top-k softmax with its two fixes, readout, usage."""
+"""Readout maths: anisotropic L2 similarity (spec 2.4), top-k softmax with its two fixes, readout, usage."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def test_similarity_is_the_anisotropic_l2_of_the_spec() -> None:
     memory_key, shrinkage, query_key, selection = tensors()
     result = similarity(memory_key, shrinkage, query_key, selection)
     assert result.shape == (M, P)
-    torch.testing.assert_close(result, direct(memory_key, shrinkage, query_key, selection), rtol=1e-5, atol=1e-5)
+    expected = direct(memory_key, shrinkage, query_key, selection)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
     assert (result <= 1e-5).all()
 
 

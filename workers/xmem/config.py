@@ -28,7 +28,8 @@ class InferenceConfig:
             be evicted when long-term memory is full. XMem's eval.py decides this per video: on iff long-term
             is on and num_frames / (max_mid_term_frames - min_mid_term_frames) * num_prototypes >=
             max_long_term_elements (spec 2.1; `workers.evaluation.runner.count_usage`). The GUI always counts.
-            When off and long-term memory is full, the oldest prototypes are evicted instead (official: error).
+            When off and long-term memory is full, the oldest prototypes are evicted instead (official:
+            an error).
         max_mid_term_frames: T_max, working-memory size in frames that triggers a compression.
         min_mid_term_frames: T_min, working-memory size in frames kept after a compression (the first frame
             plus the most recent T_min - 1 memory frames).

@@ -38,7 +38,8 @@ class KeyValueStore:
         return self.values[group].shape[-1] if group < len(self.values) else 0
 
     def append(self, key: Tensor, shrinkage: Tensor, selection: Tensor | None, values: list[Tensor]) -> None:
-        """Append n elements: key (Ck, n), shrinkage (1, n), selection (Ck, n) | None, values[g] (n_g, Cv, n'_g).
+        """Append n elements: key (Ck, n), shrinkage (1, n), selection (Ck, n) | None, and per group g
+        values[g] (n_g, Cv, n'_g).
 
         values[g] belongs to the last n'_g <= n new elements. A group that already has values must get all
         n (otherwise its values would stop covering a contiguous run of the newest keys); groups beyond the
@@ -62,10 +63,11 @@ class KeyValueStore:
                 self.values.append(block)
         if self.count_usage:
             self.use_count = append_columns(self.use_count, key.new_zeros(count, dtype=torch.float32))
-            self.life_count = append_columns(self.life_count, key.new_full((count,), NEW_LIFE, dtype=torch.float32))
+            new_life = key.new_full((count,), NEW_LIFE, dtype=torch.float32)
+            self.life_count = append_columns(self.life_count, new_life)
 
     def keep(self, mask: Tensor) -> None:
-        """Keep only the elements where `mask` (M,) bool is set, in order, in keys, counters and every group."""
+        """Keep the elements where `mask` (M,) bool is set, in order, in keys, counters and every group."""
         if self.key is None:
             return
         size = self.size

@@ -178,7 +178,7 @@ class MemoryManager:
         working.keep(keep)
 
     def create_hidden_state(self, num_objects: int, key: Tensor) -> None:
-        """Zero sensory memory (1, N, Ch, h, w) for objects that have none yet (key (1, Ck, h, w) gives h, w)."""
+        """Zero sensory memory (1, N, Ch, h, w) for objects without any; h, w come from key (1, Ck, h, w)."""
         if self.hidden_dim == 0:
             return
         have = 0 if self.hidden is None else self.hidden.shape[1]

@@ -15,7 +15,9 @@ from torch import Tensor
 def similarity(
     memory_key: Tensor, memory_shrinkage: Tensor | None, query_key: Tensor, query_selection: Tensor | None
 ) -> Tensor:
-    """Negative anisotropic squared L2 distance (XMem): (..., Ck, M), (..., 1, M), (..., Ck, P) -> (..., M, P).
+    """Negative anisotropic squared L2 distance (XMem).
+
+    Shapes: memory key (..., Ck, M), shrinkage (..., 1, M), query key / selection (..., Ck, P) -> (..., M, P).
 
     S[m, p] = -sum_c e[c, p] (k_m[c, m] - k_q[c, p])^2 * s[m] / sqrt(Ck), with shrinkage s on the memory side
     and selection e on the query side, computed as three matrix products (the expanded square) so no
