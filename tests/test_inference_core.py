@@ -18,6 +18,7 @@ from workers.xmem import InferenceConfig, InferenceCore, load_network
 from workers.xmem.aggregate import aggregate
 from workers.xmem.init import InitOptions, make_random_network, write_random_checkpoint
 from workers.xmem.network import NetworkSpec, XMemNetwork
+from workers.xmem.padding import Padding, pad, padding_for, unpad
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -355,3 +356,13 @@ def test_config_names_defaults_and_validation() -> None:
         InferenceConfig(enable_long_term=1)
     with pytest.raises(TypeError, match="mem_every must be int"):
         InferenceConfig(mem_every=2.5)
+
+
+def test_padding_split_and_round_trip() -> None:
+    assert padding_for(75, 100) == Padding(top=2, bottom=3, left=6, right=6)
+    assert padding_for(64, 48) == Padding(0, 0, 0, 0)
+    image = torch.randn(3, 75, 100)
+    padded = pad(image, padding_for(75, 100))
+    assert padded.shape == (3, 80, 112)
+    assert padded[:, :2].eq(0).all() and padded[:, -3:].eq(0).all() and padded[..., :6].eq(0).all()
+    assert torch.equal(unpad(padded, padding_for(75, 100)), image)

@@ -98,15 +98,15 @@ class MemoryManager:
         if value.shape[1] != len(objects):
             raise ValueError(f"{value.shape[1]} object values for {len(objects)} objects")
         flat_value = value[0].flatten(2)
-        blocks = [flat_value[[objects.index(label) for label in group]] for group in self.groups_for(objects)]
+        blocks = [flat_value[[objects.index(label) for label in group]] for group in self.register(objects)]
         keep_selection = selection is not None and self.config.enable_long_term
         self.working.append(
             key[0].flatten(1), shrinkage[0].flatten(1), selection[0].flatten(1) if keep_selection else None,
             blocks)
         self.bound_working_memory()
 
-    def groups_for(self, objects: list[int]) -> list[list[int]]:
-        """The object groups after adding `objects`: the known groups plus one of the new labels, if any."""
+    def register(self, objects: list[int]) -> list[list[int]]:
+        """Make the labels in `objects` not yet in memory a new group; returns all groups in order."""
         known = self.objects
         missing = [label for label in known if label not in objects]
         if missing:
