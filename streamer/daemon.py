@@ -108,6 +108,7 @@ class DaemonSettings:
     reconnect_initial_delay_s: float = 0.5
     reconnect_max_delay_s: float = 10.0
     peer_timeout_s: float = 30.0
+    end_of_stream_timeout_s: float = 30.0
     torch_threads: int = 0
     worker_idle_timeout_s: float = 60.0
     stop_grace_s: float = 1.0
@@ -160,6 +161,7 @@ class DaemonSettings:
             reconnect_initial_delay_s=config.sources.reconnect_initial_delay_s,
             reconnect_max_delay_s=config.sources.reconnect_max_delay_s,
             peer_timeout_s=config.transport.peer_timeout_s,
+            end_of_stream_timeout_s=config.transport.end_of_stream_timeout_s,
         )
         values.update(overrides)
         return cls(**values)
@@ -441,12 +443,13 @@ class Daemon:
                 logger.error("process=%s silent for %.0f s; killing it", child.name, silent)
                 child.process.kill()
             child.process.join(2.0)
-            logger.error("process=%s died exitcode=%s; restarting", child.name, child.process.exitcode)
+            exitcode = child.process.exitcode
+            logger.error("process=%s died exitcode=%s; restarting", child.name, exitcode)
             child.restarts += 1
             child.launch()
             for job in list(self.jobs.values()):
                 if job.phase is not JobPhase.STOPPING and (child is self.writer or job.worker is child):
-                    self._rerun(job, f"{child.name} died (exit code {child.process.exitcode})")
+                    self._rerun(job, f"{child.name} died (exit code {exitcode})")
             self._publish_processes()
 
     def _rerun(self, job: DaemonJob, reason: str) -> None:
@@ -537,6 +540,7 @@ class Daemon:
             reconnect_initial_delay_s=settings.reconnect_initial_delay_s,
             reconnect_max_delay_s=settings.reconnect_max_delay_s,
             peer_timeout_s=settings.peer_timeout_s,
+            end_of_stream_timeout_s=settings.end_of_stream_timeout_s,
             max_frames=job.max_frames,
         )
         job.decoder = self._spawn(run_decoder, decoder_settings)

@@ -85,6 +85,8 @@ class DecoderSettings:
     max_frames: int | None = None
     """Stop (and finish the job normally) after this many frames; None reads to the end (live: forever)."""
     peer_timeout_s: float = 30.0
+    end_of_stream_timeout_s: float = 30.0
+    """How long to wait for the worker to acknowledge the end of stream."""
 
 
 class JobInputError(ValueError):
@@ -263,7 +265,7 @@ class Decoder:
         self._set_state(DecoderState.FINISHING)
         if held is not None:
             self.writer.send(held)
-        ack = sender.finish(timeout_s=self.settings.peer_timeout_s)
+        ack = sender.finish(timeout_s=self.settings.end_of_stream_timeout_s)
         logger.info(
             "job=%s end acknowledged frames=%d complete=%s dropped=%d",
             job_id,
