@@ -236,13 +236,13 @@ def test_without_usage_counting_the_oldest_prototypes_are_evicted() -> None:
     assert_values_match_keys(memory)
 
 
-def test_without_long_term_memory_working_memory_is_a_sliding_window() -> None:
+def test_without_long_term_memory_working_memory_keeps_every_frame_as_xmem() -> None:
     memory = manager(enable_long_term=False, max_mid_term_frames=3, min_mid_term_frames=2)
     for frame in range(3):
         add_frame(memory, frame, [1])
-    assert memory.working.size == 6
     add_frame(memory, 3, [1, 2])
     add_frame(memory, 4, [1, 2])
-    assert element_ids(memory.working.key) == [0, 1, 6, 7, 8, 9]
-    assert memory.stats()["working_groups"] == [6, 4]
+    assert element_ids(memory.working.key) == list(range(10))
+    assert memory.stats()["working_groups"] == [10, 4]
+    assert memory.long_term.size == 0
     assert_values_match_keys(memory)

@@ -37,7 +37,9 @@ class InitOptions:
     bn_bias_std: float = 0.1
     bias_std: float = 0.02
     key_std: float = 1.0
-    shrinkage_std: float = 0.5
+    shrinkage_std: float = 0.1
+    """Spread of the shrinkage head's pre-square output; wider lets a few memory elements win every query,
+    leaving long-term usage tied at zero (then XMem's eviction drops whole blocks)."""
     selection_std: float = 1.0
     gate_std: float = 1.0
     logit_std: float = 2.0

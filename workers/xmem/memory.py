@@ -9,8 +9,8 @@ Deliberate differences from the official code, each keeping memory consistent or
   compression and eviction (official: their values drift against the keys, spec 3.7 quirks 4 and 5);
   prototypes are stored in candidate order so that each group's valid prototypes are the newest LT keys;
 * LT eviction works with several object groups (official: NotImplementedError) and without usage
-  counting, where the oldest prototypes go (official: RuntimeError);
-* with long-term memory off, WM is a sliding window of max_mid_term_frames frames (official: unbounded).
+  counting, where the oldest prototypes go (official: RuntimeError).
+With long-term memory off, WM keeps every memory frame, as the official code does.
 """
 
 from __future__ import annotations
@@ -119,17 +119,13 @@ class MemoryManager:
         return self.groups
 
     def bound_working_memory(self) -> None:
-        """Compress WM into LT when it is full (long-term on), else drop its oldest frame beyond the first."""
-        frame = self.frame_elements or 0
-        size, limit = self.working.size, self.config.max_mid_term_frames * frame
-        if self.config.enable_long_term:
-            if size >= limit:
-                self.bound_long_term(self.config.max_long_term_elements - self.config.num_prototypes)
-                self.compress()
-        elif size > limit:
-            keep = torch.ones(size, dtype=torch.bool, device=self.working.key.device)
-            keep[frame : size - limit + frame] = False
-            self.working.keep(keep)
+        """Compress WM into LT when it is full. With long-term memory off, WM grows with the video, as in
+        XMem (that is the paper's ablation); only long-term memory keeps memory bounded."""
+        if not self.config.enable_long_term:
+            return
+        if self.working.size >= self.config.max_mid_term_frames * (self.frame_elements or 0):
+            self.bound_long_term(self.config.max_long_term_elements - self.config.num_prototypes)
+            self.compress()
 
     def bound_long_term(self, target: int) -> None:
         """Evict LT elements down to `target`: the least used (as XMem, ties at the threshold all go, so LT
