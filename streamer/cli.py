@@ -11,6 +11,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from streamer.commands import (
+    cancel_command,
+    jobs_command,
+    serve_command,
+    status_command,
+    submit_command,
+    watch_command,
+)
 from workers.evaluation.commands import eval_command, score_command
 from workers.training.commands import plot_command, train_command, weights_app
 
@@ -20,13 +28,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-
-app.command("eval", help="Run XMem on a dataset and write palette PNGs in XMem's eval layout.")(eval_command)
-app.command("score", help="J&F of predicted masks against ground truth (DAVIS 2017 definitions).")(score_command)
-app.command("train", help="Train XMem (stages 0-3), optionally from a checkpoint; resumable.")(train_command)
-app.command("train-plot", help="Plot the loss curves of a training run.")(plot_command)
-app.add_typer(weights_app, name="weights", help="List, install and register model weights.")
-
 
 @app.command("segment")
 def segment_command(
@@ -57,6 +58,21 @@ def segment_command(
             raise
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=2) from None
+
+
+app.command("serve", help="Run the daemon: decoder, worker and writer processes around a Redis job queue.")(
+    serve_command)
+app.command("submit", help="Queue a segmentation job (file, stream URL or camera) with its first-frame mask.")(
+    submit_command)
+app.command("status", help="State and progress of one job, or of the daemon.")(status_command)
+app.command("watch", help="Follow a job with a progress bar until it ends.")(watch_command)
+app.command("cancel", help="Cancel a queued or running job (takes effect within a second).")(cancel_command)
+app.command("jobs", help="List jobs, newest first.")(jobs_command)
+app.command("eval", help="Run XMem on a dataset and write palette PNGs in XMem's eval layout.")(eval_command)
+app.command("score", help="J&F of predicted masks against ground truth (DAVIS 2017 definitions).")(score_command)
+app.command("train", help="Train XMem (stages 0-3), optionally from a checkpoint; resumable.")(train_command)
+app.command("train-plot", help="Plot the loss curves of a training run.")(plot_command)
+app.add_typer(weights_app, name="weights", help="List, install and register model weights.")
 
 
 if __name__ == "__main__":
