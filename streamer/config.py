@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from streamer.transport import LiveDropPolicy, QueueSettings
+from workers.xmem.config import InferenceConfig
 
 MAX_IPC_PATH = 100
 """ipc:// paths longer than this (bytes) do not fit in a Unix socket address."""
@@ -178,41 +179,54 @@ class WorkerSettings(_Section):
         return size
 
 
-class XMemSettings(_Section):
-    """XMem inference options, with XMem's official names and defaults."""
+_XMEM = InferenceConfig()
+"""XMem's defaults come from the engine's InferenceConfig, which also validates the combination."""
 
-    mem_every: int = Field(default=5, ge=1, description="Frames between additions to working memory.")
+
+class XMemSettings(_Section):
+    """XMem inference options, with XMem's official names and defaults (see workers.xmem.config)."""
+
+    mem_every: int = Field(
+        default=_XMEM.mem_every, ge=1, description="Frames between additions to working memory.",
+    )
     top_k: int = Field(
-        default=30, ge=1, description="Memory entries each query pixel reads from (top-k softmax).",
+        default=_XMEM.top_k, ge=1, description="Memory entries each query pixel reads from (top-k softmax).",
     )
     deep_update_every: int = Field(
-        default=-1, ge=-1,
+        default=_XMEM.deep_update_every, ge=-1,
         description="Frames between deep updates of sensory memory; -1 = with every memory frame."
     )
     enable_long_term: bool = Field(
-        default=True, description="Compress old working memory into long-term memory.",
+        default=_XMEM.enable_long_term,
+        description="Compress old working memory into long-term memory (off: memory grows with the video).",
     )
     enable_long_term_count_usage: bool = Field(
-        default=True, description="Count how often long-term entries are read, to evict the least used."
+        default=_XMEM.enable_long_term_count_usage,
+        description="Count how often long-term entries are read, to evict the least used."
     )
     max_mid_term_frames: int = Field(
-        default=10, ge=2, description="Working-memory frames before compression into long-term memory."
+        default=_XMEM.max_mid_term_frames, ge=2,
+        description="Working-memory frames before compression into long-term memory."
     )
     min_mid_term_frames: int = Field(
-        default=5, ge=1, description="Working-memory frames kept after compression.",
+        default=_XMEM.min_mid_term_frames, ge=1, description="Working-memory frames kept after compression.",
     )
     num_prototypes: int = Field(
-        default=128, ge=1, description="Long-term prototypes created per compression.",
+        default=_XMEM.num_prototypes, ge=1, description="Long-term prototypes created per compression.",
     )
     max_long_term_elements: int = Field(
-        default=10000, ge=1, description="Long-term memory cap in elements; least-used are evicted beyond it."
+        default=_XMEM.max_long_term_elements, ge=1,
+        description="Long-term memory cap in elements; least-used are evicted beyond it."
     )
 
     @model_validator(mode="after")
-    def _mid_term_range(self) -> XMemSettings:
-        if self.min_mid_term_frames >= self.max_mid_term_frames:
-            raise ValueError("min_mid_term_frames must be smaller than max_mid_term_frames")
+    def _valid_for_the_engine(self) -> XMemSettings:
+        self.inference_config()
         return self
+
+    def inference_config(self) -> InferenceConfig:
+        """The engine's config for these options (raises ValueError on an invalid combination)."""
+        return InferenceConfig(**self.model_dump())
 
 
 class WriterSettings(_Section):

@@ -187,7 +187,6 @@ def run_segment(
     from streamer.masks import read_index_mask
     from workers.training.weights import default_model_path, resolve
     from workers.xmem.checkpoint import load_network
-    from workers.xmem.config import InferenceConfig
     from workers.xmem.session import VideoSession
 
     settings = load_config(config_path)
@@ -200,7 +199,7 @@ def run_segment(
         raise ValueError(f"the first-frame mask {mask_path} has no object in it")
     checkpoint = _model_path(model or settings.workers.model_path, default_model_path, resolve)
     network = load_network(checkpoint, device=device)
-    session = VideoSession(network, InferenceConfig.from_mapping(settings.xmem.model_dump()),
+    session = VideoSession(network, settings.xmem.inference_config(),
                            size=settings.workers.size if size is None else size, amp=use_amp, device=device)
     source = open_source(video, live=False)
     info = source.info

@@ -22,8 +22,8 @@ class InferenceConfig:
             positive = deep-update on a memory frame at least this many frames after the last deep update,
             and run the decoder's update on every segmented frame.
         enable_long_term: compress working memory into long-term prototypes (XMem); off = XMem without
-            long-term memory, where working memory becomes a sliding window of max_mid_term_frames frames
-            (the first frame plus the most recent ones) so that memory stays bounded (official: unbounded).
+            long-term memory, where working memory keeps every memory frame and grows with the video, as in
+            the official code (the paper's ablation; memory is bounded only with long-term memory on).
         enable_long_term_count_usage: count how much each long-term element is read, so the least used can
             be evicted when long-term memory is full. XMem's eval.py decides this per video: on iff long-term
             is on and num_frames / (max_mid_term_frames - min_mid_term_frames) * num_prototypes >=
