@@ -119,11 +119,9 @@ class DaemonSettings:
     @classmethod
     def from_config(cls, config: VosdConfig, **overrides: Any) -> DaemonSettings:
         """The daemon's view of `VosdConfig`; `overrides` set fields the config file does not have."""
-        checkpoint = config.workers.model_path
-        if not checkpoint:
-            from workers.training.weights import default_model_path
+        from workers.training.weights import model_path
 
-            checkpoint = str(default_model_path())
+        checkpoint = str(model_path(config.workers.model_path))
         writer = config.writer
         outputs = tuple(
             name

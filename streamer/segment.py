@@ -185,7 +185,7 @@ def run_segment(
     from streamer.config import load_config
     from streamer.ingest import open_source
     from streamer.masks import read_index_mask
-    from workers.training.weights import default_model_path, resolve
+    from workers.training.weights import model_path
     from workers.xmem.checkpoint import load_network
     from workers.xmem.session import VideoSession
 
@@ -197,7 +197,7 @@ def run_segment(
     first_mask = read_index_mask(mask_path)
     if not first_mask.any():
         raise ValueError(f"the first-frame mask {mask_path} has no object in it")
-    checkpoint = _model_path(model or settings.workers.model_path, default_model_path, resolve)
+    checkpoint = model_path(model or settings.workers.model_path)
     network = load_network(checkpoint, device=device)
     session = VideoSession(network, settings.xmem.inference_config(),
                            size=settings.workers.size if size is None else size, amp=use_amp, device=device)
@@ -228,10 +228,3 @@ def run_segment(
     console.print(f"{result.frames} frames in {result.seconds:.1f} s ({result.fps:.2f} fps)")
     return result
 
-
-def _model_path(name: str, default_model_path: Callable[[], Path], resolve: Callable[[str], Path]) -> Path:
-    """A checkpoint file, a registered weights name, or (empty) the default model."""
-    if not name:
-        return default_model_path()
-    candidate = Path(name).expanduser()
-    return candidate if candidate.is_file() else resolve(name)

@@ -325,8 +325,7 @@ def default_model_path() -> Path:
     """
     chosen = os.environ.get("VOSD_MODEL")
     if chosen:
-        candidate = Path(chosen).expanduser()
-        return candidate if candidate.is_file() else resolve(chosen)
+        return model_path(chosen)
     default = read_registry()["default"]
     if default:
         return resolve(default)
@@ -335,3 +334,12 @@ def default_model_path() -> Path:
             f"the bundled model {BUNDLED_MODEL} is missing (it has not been trained yet). Use official "
             f"weights: `vosd weights install XMem --set-default`, or set VOSD_MODEL to a checkpoint file")
     return BUNDLED_MODEL
+
+
+def model_path(name: str | Path | None) -> Path:
+    """What a ``--model`` / ``model_path`` setting names: a checkpoint file, a registered weights name, or
+    (empty) the default model."""
+    if not name:
+        return default_model_path()
+    candidate = Path(name).expanduser()
+    return candidate if candidate.is_file() else resolve(str(name))
