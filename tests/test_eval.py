@@ -6,16 +6,27 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from streamer.masks import read_index_mask, write_index_mask
 from workers.evaluation.datasets import DatasetLayoutError, DatasetName, load_dataset
 
 H, W = 64, 96
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread() -> Iterator[None]:
+    """One torch thread: on this busy two-core machine small convolutions run far faster than with two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_jpeg(path: Path, rng: np.random.Generator, shape: tuple[int, int] = (H, W)) -> None:
@@ -133,3 +144,111 @@ def test_layout_errors_name_what_is_missing(tmp_path: Path) -> None:
     write_index_mask(tmp_path / "Annotations" / "480p" / "a" / "other.png", blob_mask([1]))
     with pytest.raises(DatasetLayoutError, match="no annotation named after one of its frames"):
         load_dataset("D17", tmp_path)
+
+
+def test_usage_counting_follows_the_per_video_rule() -> None:
+    from workers.evaluation.runner import count_usage
+    from workers.xmem.config import InferenceConfig
+
+    defaults = InferenceConfig()
+    # 391 / (10 - 5) * 128 = 10009.6 >= 10000, 390 frames give 9984.
+    assert count_usage(defaults, 391) and not count_usage(defaults, 390)
+    assert not count_usage(InferenceConfig(enable_long_term=False), 100_000)
+    small = InferenceConfig(num_prototypes=16, max_long_term_elements=20)
+    assert count_usage(small, 7) and not count_usage(small, 6)  # 7 / 5 * 16 = 22.4, 6 / 5 * 16 = 19.2
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from workers.xmem.init import InitOptions, write_random_checkpoint
+    from workers.xmem.network import NetworkSpec
+
+    path = tmp_path_factory.mktemp("model") / "random-small.pth"
+    options = InitOptions(batches=1, batch_size=1, image_size=(H, W))
+    return write_random_checkpoint(path, NetworkSpec.small(), seed=2, options=options)
+
+
+def moving_davis(root: Path, sequences: dict[str, int], palette: np.ndarray) -> None:
+    """DAVIS 2017-like folder: a texture moving one pixel per frame, two objects moving with it."""
+    rng = np.random.default_rng(9)
+    for name, frames in sequences.items():
+        texture = rng.integers(0, 256, size=(H + frames, W + frames, 3), dtype=np.uint8)
+        for t in range(frames):
+            path = root / "JPEGImages" / "480p" / name / f"{t:05d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(texture[t : t + H, t : t + W]).save(path, quality=95)
+            mask = np.roll(blob_mask([1, 2]), shift=(-t, -t), axis=(0, 1))
+            gt = root / "Annotations" / "480p" / name / f"{t:05d}.png"
+            gt.parent.mkdir(parents=True, exist_ok=True)
+            write_index_mask(gt, mask, palette)
+
+
+def test_vosd_eval_then_score_end_to_end(tmp_path: Path, checkpoint: Path) -> None:
+    from typer.testing import CliRunner
+
+    from streamer.cli import app
+    from streamer.masks import read_palette
+
+    palette = np.random.default_rng(3).integers(0, 256, size=(256, 3), dtype=np.uint8)
+    palette[0] = 0
+    moving_davis(tmp_path / "davis", {"walk": 5, "run": 4}, palette)
+    out = tmp_path / "out"
+    runner = CliRunner()
+    result = runner.invoke(app, [
+        "eval", "--dataset", "D17", "--root", str(tmp_path / "davis"), "--output", str(out),
+        "--model", str(checkpoint), "--size", "-1", "--top-k", "8", "--mem-every", "2", "--device", "cpu",
+    ])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["run", "walk"]
+    assert sorted(p.name for p in (out / "walk").iterdir()) == [f"{t:05d}.png" for t in range(5)]
+    first_gt = tmp_path / "davis" / "Annotations" / "480p" / "walk" / "00000.png"
+    for png in (out / "walk").iterdir():
+        with Image.open(png) as image:
+            assert image.mode == "P" and image.size == (W, H)
+        np.testing.assert_array_equal(read_palette(png), palette)
+    np.testing.assert_array_equal(read_index_mask(out / "walk" / "00000.png"), read_index_mask(first_gt))
+    report = json.loads((out / "eval_report.json").read_text())
+    assert [(s["name"], s["frames"], s["processed"], s["written"]) for s in report["sequences"]] == [
+        ("run", 4, 4, 4), ("walk", 5, 5, 5)]
+    assert all(s["fps"] > 0 and s["count_usage"] is False for s in report["sequences"])
+
+    scored = runner.invoke(app, ["score", "--gt", str(tmp_path / "davis"), "--pred", str(out), "--json"])
+    assert scored.exit_code == 0, scored.output
+    scores = json.loads(scored.output)
+    assert {(o["sequence"], o["object"], o["frames"]) for o in scores["objects"]} == {
+        ("run", 1, 2), ("run", 2, 2), ("walk", 1, 3), ("walk", 2, 3)}
+    assert 0 <= scores["J&F"] <= 100
+    perfect = runner.invoke(app, ["score", "--gt", str(tmp_path / "davis"),
+                                  "--pred", str(tmp_path / "davis" / "Annotations" / "480p")])
+    assert perfect.output.strip().splitlines()[-1] == "J&F 100.0 J 100.0 F 100.0"
+
+
+def test_youtube_outputs_only_listed_frames_with_late_objects(tmp_path: Path, checkpoint: Path) -> None:
+    from workers.evaluation.runner import run_dataset
+    from workers.xmem.checkpoint import load_network
+    from workers.xmem.config import InferenceConfig
+
+    rng = np.random.default_rng(4)
+    split = tmp_path / "valid"
+    texture = rng.integers(0, 256, size=(H + 8, W + 8, 3), dtype=np.uint8)
+    for t in range(8):
+        folder = tmp_path / "all_frames" / "valid_all_frames" / "JPEGImages" / "v1"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(texture[t : t + H, t : t + W]).save(folder / f"{t:05d}.jpg", quality=95)
+        if t % 5 == 0:
+            (split / "JPEGImages" / "v1").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(texture[t : t + H, t : t + W]).save(split / "JPEGImages" / "v1" / f"{t:05d}.jpg")
+    (split / "Annotations" / "v1").mkdir(parents=True)
+    write_index_mask(split / "Annotations" / "v1" / "00001.png", blob_mask([4]))  # frame 0 has no object yet
+    write_index_mask(split / "Annotations" / "v1" / "00005.png", blob_mask([0, 9]))
+    meta = {"videos": {"v1": {"objects": {"4": {"frames": ["00001", "00005"]}, "9": {"frames": ["00005"]}}}}}
+    (split / "meta.json").write_text(json.dumps(meta))
+    dataset = load_dataset("Y18", tmp_path, size=-1)
+    report = run_dataset(load_network(checkpoint), dataset, tmp_path / "out", InferenceConfig(top_k=8),
+                         show_progress=False)
+    written = tmp_path / "out" / "Annotations" / "v1"
+    assert sorted(p.name for p in written.iterdir()) == ["00001.png", "00005.png"]
+    assert (report.sequences[0].frames, report.sequences[0].processed) == (8, 7)  # frame 0 skipped
+    late = read_index_mask(written / "00005.png")
+    assert (late[blob_mask([0, 9]) == 9] == 9).all()
+    np.testing.assert_array_equal(read_index_mask(written / "00001.png"), blob_mask([4]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -16,18 +16,14 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def resolve_model(model: Path | None) -> Path:
-    """The checkpoint to run: --model, else the default model of `vosd weights`."""
-    if model is not None:
-        return model
+def resolve_model(model: str | None) -> Path:
+    """The checkpoint to run: a file, a registered weights name, or (absent) the default model."""
+    from workers.training.weights import WeightsError, model_path
+
     try:
-        from workers.training.weights import WeightsError, default_model_path
-    except ImportError:
-        fail("no default model is available in this installation; pass --model PATH (an XMem checkpoint)")
-    try:
-        return default_model_path()
+        return model_path(model)
     except WeightsError as error:
-        fail(f"{error}; or pass --model PATH")
+        fail(f"{error}; or pass --model PATH (an XMem checkpoint)")
 
 
 def eval_command(
@@ -36,20 +32,21 @@ def eval_command(
     root: Annotated[Path, typer.Option(help="Dataset folder (DAVIS: the one holding JPEGImages/480p; "
                                             "YouTube-VOS: the one holding valid/).")],
     output: Annotated[Path, typer.Option(help="Output folder; one folder of palette PNGs per sequence.")],
-    model: Annotated[Optional[Path], typer.Option(help="XMem checkpoint; default: the default model.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="XMem checkpoint file or registered weights name; default: the default model.")] = None,
     size: Annotated[int, typer.Option(help="Shorter side the frames are resized to; -1 keeps them.")] = 480,
     amp: Annotated[bool, typer.Option(help="Mixed precision (eval.py's default; off here for exact fp32).")]
     = False,
-    mem_every: Annotated[Optional[int], typer.Option(help="Memory frame every r frames (eval.py: 5).")] = None,
-    top_k: Annotated[Optional[int], typer.Option(help="k of the top-k softmax (30).")] = None,
-    deep_update_every: Annotated[Optional[int], typer.Option(
+    mem_every: Annotated[int | None, typer.Option(help="Memory frame every r frames (eval.py: 5).")] = None,
+    top_k: Annotated[int | None, typer.Option(help="k of the top-k softmax (30).")] = None,
+    deep_update_every: Annotated[int | None, typer.Option(
         help="Deep update period; -1 = with every memory frame (-1).")] = None,
     disable_long_term: Annotated[bool, typer.Option(help="No long-term memory.")] = False,
-    max_mid_term_frames: Annotated[Optional[int], typer.Option(help="T_max (10).")] = None,
-    min_mid_term_frames: Annotated[Optional[int], typer.Option(help="T_min (5).")] = None,
-    num_prototypes: Annotated[Optional[int], typer.Option(help="Prototypes per consolidation (128).")] = None,
-    max_long_term_elements: Annotated[Optional[int], typer.Option(help="Long-term memory cap (10000).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="torch device; default cuda when available.")] = None,
+    max_mid_term_frames: Annotated[int | None, typer.Option(help="T_max (10).")] = None,
+    min_mid_term_frames: Annotated[int | None, typer.Option(help="T_min (5).")] = None,
+    num_prototypes: Annotated[int | None, typer.Option(help="Prototypes per consolidation (128).")] = None,
+    max_long_term_elements: Annotated[int | None, typer.Option(help="Long-term memory cap (10000).")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device; default cuda when available.")] = None,
 ) -> None:
     """Run XMem on a dataset and write palette PNGs in XMem's eval layout."""
     import torch
@@ -68,7 +65,7 @@ def eval_command(
         config = InferenceConfig(**{k: v for k, v in options.items() if v is not None},
                                  enable_long_term=not disable_long_term)
         data = load_dataset(dataset, root, size)
-    except (DatasetLayoutError, ValueError) as error:
+    except (DatasetLayoutError, TypeError, ValueError) as error:
         fail(str(error))
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = resolve_model(model)

@@ -49,8 +49,8 @@ def boundary_map(mask: np.ndarray) -> np.ndarray:
 def tolerance_radius(shape: tuple[int, int], bound_th: float = BOUND_TH) -> int:
     """Boundary matching radius in pixels: bound_th of the diagonal, rounded up (values >= 1 are pixels)."""
     if bound_th >= 1:
-        return int(math.ceil(bound_th))
-    return int(math.ceil(bound_th * math.hypot(*shape)))
+        return math.ceil(bound_th)
+    return math.ceil(bound_th * math.hypot(*shape))
 
 
 def disk(radius: int) -> np.ndarray:

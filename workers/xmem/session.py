@@ -1,0 +1,152 @@
+"""VideoSession: the one place where raw frames and index masks become XMem inputs and outputs.
+
+It reproduces the data pipeline of XMem's eval.py (spec 2.1) so that `vosd eval`, the daemon worker and
+`vosd segment` all feed the engine identically:
+
+* frame: uint8 RGB -> float in [0, 1] -> ImageNet normalisation -> (size >= 0) resize of the *normalised*
+  tensor so the shorter side is `size` (torchvision, bilinear, torchvision's default antialiasing);
+* mask: the caller's labels are mapped to 1..K in order of first appearance (ascending within a frame, so
+  labels already 1..K map to themselves), turned into one channel per label seen so far and resized with
+  nearest neighbour to the resized frame's size (eval.py's int(h / min(h, w) * size) formula gives the
+  same size, up to float rounding where eval.py would fail); new labels go to the core through `set_all_labels` and `valid_labels`;
+* output: probabilities resized bilinearly (align_corners=False) to the frame (or requested) size, argmax,
+  labels mapped back. Frames before the first mask are skipped, as eval.py never passes them to the core.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from torchvision.transforms import InterpolationMode
+
+from workers.xmem.config import InferenceConfig
+from workers.xmem.inference_core import InferenceCore
+from workers.xmem.network import XMemNetwork
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_OBJECTS = 255
+"""Index masks are uint8, so labels 1..255."""
+
+
+class SessionInputError(ValueError):
+    """A frame or mask the session cannot use; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """The segmentation of one frame.
+
+    Attributes:
+        index_mask: uint8 (H, W) in the caller's labels, at the frame size (or the requested output size).
+        probabilities: float32 (1 + N, H, W), background first, then `labels` in order; None unless asked for.
+        labels: the caller's label of each object channel.
+        skipped: True for frames before the first mask (the mask is then all background).
+    """
+
+    index_mask: np.ndarray
+    probabilities: np.ndarray | None
+    labels: tuple[int, ...]
+    skipped: bool = False
+
+
+class VideoSession:
+    """One video through one InferenceCore: uint8 frames + index masks in, index masks out."""
+
+    def __init__(self, network: XMemNetwork, config: InferenceConfig | dict, *, size: int = 480,
+                 amp: bool = False, device: torch.device | str | None = None) -> None:
+        self.device = torch.device(device) if device is not None else next(network.parameters()).device
+        self.size = size
+        self.amp = amp
+        self.core = InferenceCore(network, config)
+        self.labels: list[int] = []
+        self._to_internal = torch.zeros(256, dtype=torch.long, device=self.device)
+        self._to_caller = torch.zeros(1, dtype=torch.uint8, device=self.device)
+        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(3, 1, 1)
+
+    @property
+    def started(self) -> bool:
+        """Whether the first mask has been given (frames before it are skipped)."""
+        return bool(self.labels)
+
+    def memory_stats(self) -> dict:
+        return self.core.memory_stats()
+
+    @torch.no_grad()
+    def step(self, frame: np.ndarray, mask: np.ndarray | None = None, *, end: bool = False,
+             output_size: tuple[int, int] | None = None, keep_probabilities: bool = False) -> FrameResult:
+        """Segment one frame; `mask` adds objects (labels not given before), `end` marks the last frame.
+
+        `output_size` (H, W) resizes the output to another size than the frame's (DAVIS full-resolution
+        input scored at 480p); `keep_probabilities` also returns the probability map.
+        """
+        height, width = check_frame(frame)
+        out_size = output_size or (height, width)
+        if mask is not None:
+            check_mask(mask, (height, width), first=not self.started)
+        elif not self.started:
+            return FrameResult(np.zeros(out_size, dtype=np.uint8), None, (), skipped=True)
+        image = self.image_tensor(frame)
+        one_hot, valid = (None, None) if mask is None else self.mask_tensor(mask, tuple(image.shape[-2:]))
+        autocast = torch.autocast(self.device.type) if self.amp else nullcontext()
+        with autocast:
+            prob = self.core.step(image, one_hot, valid_labels=valid, end=end)
+        prob = prob.float()
+        if tuple(prob.shape[-2:]) != out_size:
+            prob = F.interpolate(prob[None], size=out_size, mode="bilinear", align_corners=False)[0]
+        index_mask = self._to_caller[prob.argmax(dim=0)].cpu().numpy()
+        probabilities = prob.cpu().numpy() if keep_probabilities else None
+        return FrameResult(index_mask, probabilities, tuple(self.labels))
+
+    def image_tensor(self, frame: np.ndarray) -> torch.Tensor:
+        """(3, H', W') normalised, resized after normalisation as eval.py does."""
+        image = torch.tensor(frame, device=self.device).permute(2, 0, 1).float().div(255)  # copies: frames may be read-only
+        image = (image - self._mean) / self._std
+        if self.size >= 0:
+            image = TF.resize(image, self.size, interpolation=InterpolationMode.BILINEAR)
+        return image
+
+    def mask_tensor(self, mask: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
+        """One-hot (K, H', W') over every label seen so far, and the internal ids of this mask's new labels."""
+        present = sorted(int(v) for v in np.unique(mask) if v != 0)
+        repeated = [label for label in present if label in self.labels]
+        if repeated:
+            raise SessionInputError(
+                f"labels {repeated} were given on an earlier frame; a later mask may only add new objects")
+        if len(self.labels) + len(present) > MAX_OBJECTS:
+            raise SessionInputError(f"at most {MAX_OBJECTS} objects per video are supported")
+        for label in present:
+            self.labels.append(label)
+            self._to_internal[label] = len(self.labels)
+        self._to_caller = torch.tensor([0, *self.labels], dtype=torch.uint8, device=self.device)
+        self.core.set_all_labels(list(range(1, len(self.labels) + 1)))
+        index = self._to_internal[torch.from_numpy(mask.astype(np.int64)).to(self.device)]
+        if tuple(index.shape) != size:
+            index = F.interpolate(index[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        channels = torch.arange(1, len(self.labels) + 1, device=self.device).view(-1, 1, 1)
+        valid = [int(self._to_internal[label]) for label in present]
+        return (index[None] == channels).float(), valid
+
+
+def check_frame(frame: np.ndarray) -> tuple[int, int]:
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise SessionInputError(f"frames are uint8 RGB (H, W, 3); got {frame.dtype} {frame.shape}")
+    return frame.shape[0], frame.shape[1]
+
+
+def check_mask(mask: np.ndarray, frame_size: tuple[int, int], *, first: bool) -> None:
+    if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
+        raise SessionInputError(f"masks are integer index masks (H, W); got {mask.dtype} {mask.shape}")
+    if mask.shape != frame_size:
+        raise SessionInputError(f"mask size {mask.shape} differs from frame size {frame_size}")
+    if mask.size and (mask.min() < 0 or mask.max() > MAX_OBJECTS):
+        raise SessionInputError(f"mask labels must be 0 (background) to {MAX_OBJECTS}; "
+                                f"got {mask.min()}..{mask.max()}")
+    if first and not mask.any():
+        raise SessionInputError("the first mask has no object: label at least one pixel with a non-zero label")
