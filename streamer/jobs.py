@@ -10,7 +10,8 @@ incarnation, e.g. ``f"{host}-{device}-{pid}"``) takes work with `JobQueue.claim`
 1. re-takes entries that another consumer left idle longer than ``visibility_timeout_s`` (XAUTOCLAIM):
    that consumer died, so the job restarts from the beginning with ``attempts`` one higher; an entry
    delivered more than ``max_attempts`` times goes to the dead-letter stream and its job fails with
-   the reason instead;
+   the reason instead. An entry handed back by a stopping holder (`JobQueue.hand_back`) is re-taken
+   at once, and that interrupted delivery does not count;
 2. otherwise reads a new entry (XREADGROUP), skipping jobs cancelled while they waited.
 
 While it runs a job the holder calls `JobQueue.heartbeat` every ``heartbeat_interval_s`` (well under
@@ -19,8 +20,9 @@ count as a delivery), refreshes the consumer's TTL key, stores progress, and ans
 was cancelled or lost (re-taken by another consumer after this one stalled). A dead consumer is thus
 detected after ``visibility_timeout_s`` (seconds), not after a job timeout (hours).
 
-State changes are idempotent and checked in Redis (Lua scripts): see `TRANSITIONS`. A job leaves a
-final state never; a holder whose lease was lost cannot finish the job for the new holder.
+State changes are idempotent and checked in Redis, each in one Lua script that also does what the move
+means for the queue entry (retire, release, dead-letter): see `TRANSITIONS`. A job leaves a final state
+never; a holder (consumer and attempt) whose lease was lost cannot finish the job for the new holder.
 
 Wiring in the worker process::
 
@@ -31,6 +33,8 @@ Wiring in the worker process::
         CANCEL_REQUESTED -> stop the decoder, queue.finish(claim, JobState.CANCELLED)
         LOST             -> stop without finishing; the new holder owns the job
     queue.finish(claim, JobState.DONE, outputs={...})   # or FAILED with error=...
+    queue.give_up(claim, reason)                        # FAILED for good, with a dead-letter entry
+    queue.hand_back(claim)                              # graceful stop: QUEUED, re-taken at once elsewhere
 
 The CLI uses `submit`, `get`, `list_jobs`, `cancel` and `dead_letters` on the same class.
 """
@@ -67,12 +71,15 @@ class JobState(str, Enum):
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
-    JobState.RUNNING: frozenset({JobState.RUNNING, JobState.DONE, JobState.FAILED, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset(
+        {JobState.QUEUED, JobState.RUNNING, JobState.DONE, JobState.FAILED, JobState.CANCELLED}
+    ),
     JobState.DONE: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),
 }
-"""Allowed moves. RUNNING -> RUNNING is a re-take by another consumer after the holder died."""
+"""Allowed moves. RUNNING -> RUNNING is a re-take by another consumer after the holder died;
+RUNNING -> QUEUED is a hand-back by a holder that stops gracefully."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,22 @@ class JobRecord(BaseModel):
     dropped_frames: int = Field(default=0, description="Frames dropped by the live policy so far.")
     error: str | None = Field(default=None, description="Why the job failed, or who cancelled it.")
     attempts: int = Field(
-        default=0, description="Deliveries so far; 2 or more means a restart after a crash.",
+        default=0,
+        description="Deliveries that count against max_attempts: one per holder that took the job; "
+        "a hand-back by a stopping daemon does not count. 2 or more means a holder died.",
+    )
+    runs: int = Field(
+        default=0,
+        description="Runs from frame 0 so far, over every holder: a daemon's re-run after a worker, "
+        "writer or decoder crash, a re-take after a daemon died and a resume after a hand-back each add one.",
+    )
+    latency_p50_s: float | None = Field(
+        default=None,
+        description="Live jobs: seconds from a frame's arrival at the decoder to its mask written, median "
+        "over the recent frames.",
+    )
+    latency_p95_s: float | None = Field(
+        default=None, description="Live jobs: the same latency, 95th percentile over the recent frames.",
     )
     cancel_requested: bool = Field(
         default=False, description="Set by cancel(); the holder stops within a heartbeat.",
@@ -186,6 +208,22 @@ class JobProgress:
     fps: float = 0.0
     dropped_frames: int = 0
     frames_total: int | None = None
+    runs: int | None = None
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+
+    def fields(self) -> list[str]:
+        """Status-hash field/value pairs; counters that are None are left as they are."""
+        values: dict[str, object] = {
+            "frames_done": self.frames_done,
+            "fps": f"{self.fps:.3f}",
+            "dropped_frames": self.dropped_frames,
+            "frames_total": self.frames_total,
+            "runs": self.runs,
+            "latency_p50_s": None if self.latency_p50_s is None else f"{self.latency_p50_s:.4f}",
+            "latency_p95_s": None if self.latency_p95_s is None else f"{self.latency_p95_s:.4f}",
+        }
+        return [item for name, value in values.items() if value is not None for item in (name, str(value))]
 
 
 class HeartbeatStatus(str, Enum):
@@ -209,20 +247,49 @@ redis.call('XADD', KEYS[3], '*', 'job_id', ARGV[1])
 return 1
 """
 
-# KEYS[1] job hash, KEYS[2] queue. ARGV[1] group, ARGV[2] entry id or '', ARGV[3] required attempt or '',
-# ARGV[4] comma-separated allowed current states, ARGV[5..] field/value pairs to set.
+RELEASE_IDLE_MS = 365 * 24 * 3600 * 1000
+"""Idle time given to a handed-back entry: past any visibility timeout, so the next claim takes it."""
+
+
+class EntryAction(str, Enum):
+    """What a state change does to the job's queue entry, in the same script."""
+
+    KEEP = "keep"
+    RETIRE = "retire"
+    """Acknowledge and delete: the job is final, or its entry is gone."""
+    RELEASE = "release"
+    """Leave it pending but idle past any visibility timeout, delivery not counted: re-taken at once."""
+    DEAD_LETTER = "dead-letter"
+    """Retire it and add the job (id, error, attempts, runs, last holder) to the dead-letter stream."""
+
+
+# KEYS[1] job hash, KEYS[2] queue, KEYS[3] dead-letter stream. ARGV[1] group, ARGV[2] entry id,
+# ARGV[3] EntryAction, ARGV[4] holder attempt or '', ARGV[5] holder consumer or '',
+# ARGV[6] comma-separated allowed current states, ARGV[7..] field/value pairs to set.
 # Returns 'ok', or the current state when the move is not allowed, or 'lost'/'missing'.
-_TRANSITION = """
+_TRANSITION = f"""
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[3] then return 'lost' end
+if ARGV[4] ~= '' then
+  local holder = redis.call('HMGET', KEYS[1], 'attempts', 'worker')
+  if holder[1] ~= ARGV[4] or holder[2] ~= ARGV[5] then return 'lost' end
+end
 local allowed = false
-for s in string.gmatch(ARGV[4], '[^,]+') do if s == state then allowed = true end end
+for s in string.gmatch(ARGV[6], '[^,]+') do if s == state then allowed = true end end
 if not allowed then return state end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-if ARGV[2] ~= '' then
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+local action = ARGV[3]
+if action == 'dead-letter' then
+  local job = redis.call('HMGET', KEYS[1], 'id', 'error', 'attempts', 'runs', 'worker')
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '10000', '*', 'job_id', job[1], 'reason', job[2] or '',
+             'attempts', job[3] or '0', 'runs', job[4] or '0', 'worker', job[5] or '')
+end
+if action == 'retire' or action == 'dead-letter' then
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
   redis.call('XDEL', KEYS[2], ARGV[2])
+elseif action == 'release' then
+  redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[5], 0, ARGV[2], 'IDLE', '{RELEASE_IDLE_MS}',
+             'RETRYCOUNT', tostring(tonumber(ARGV[4]) - 1), 'JUSTID')
 end
 return 'ok'
 """
@@ -231,8 +298,8 @@ return 'ok'
 # ARGV[4] attempt, ARGV[5] consumer key TTL ms, ARGV[6..] progress field/value pairs.
 _HEARTBEAT = """
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
-local attempts, state = redis.call('HGET', KEYS[1], 'attempts'), redis.call('HGET', KEYS[1], 'state')
-if attempts ~= ARGV[4] or state ~= 'running' then
+local job = redis.call('HMGET', KEYS[1], 'attempts', 'worker', 'state')
+if job[1] ~= ARGV[4] or job[2] ~= ARGV[2] or job[3] ~= 'running' then
   return 'lost'
 end
 redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
@@ -335,12 +402,6 @@ class JobQueue:
 
     def heartbeat(self, claim: Claim, progress: JobProgress | None = None) -> HeartbeatStatus:
         """Keep the lease on a running job, store progress, and say whether to go on."""
-        fields: list[str] = []
-        if progress is not None:
-            fields = ["frames_done", str(progress.frames_done), "fps", f"{progress.fps:.3f}"]
-            fields += ["dropped_frames", str(progress.dropped_frames)]
-            if progress.frames_total is not None:
-                fields += ["frames_total", str(progress.frames_total)]
         result = self._heartbeat(
             keys=[self.keys.job(claim.job.id), self.keys.queue, self.keys.consumer(claim.consumer)],
             args=[
@@ -349,7 +410,7 @@ class JobQueue:
                 claim.entry_id,
                 claim.attempt,
                 int(self.visibility_timeout_s * 1000),
-                *fields,
+                *(progress.fields() if progress is not None else []),
             ],
         )
         return HeartbeatStatus(result)
@@ -371,13 +432,39 @@ class JobQueue:
             fields += ["error", error]
         if outputs is not None:
             fields += ["outputs", json.dumps(outputs)]
-        result = self._transition(
-            keys=[self.keys.job(claim.job.id), self.keys.queue],
-            args=[self.keys.group, claim.entry_id, claim.attempt, JobState.RUNNING.value, *fields],
+        return self._move(
+            claim.job.id, state, fields, entry_id=claim.entry_id, holder=claim, action=EntryAction.RETIRE
         )
-        if result != "ok":
-            logger.warning("job %s: not moved to %s (%s)", claim.job.id, state.value, result)
-        return result == "ok"
+
+    def give_up(self, claim: Claim, reason: str) -> bool:
+        """Fail the claimed job for good: FAILED with `reason`, retired, and listed in the dead letters."""
+        fields = ["state", JobState.FAILED.value, "error", reason, "finished_at", repr(time.time())]
+        moved = self._move(
+            claim.job.id,
+            JobState.FAILED,
+            fields,
+            entry_id=claim.entry_id,
+            holder=claim,
+            action=EntryAction.DEAD_LETTER,
+        )
+        if moved:
+            logger.error("job %s: dead-lettered (%s)", claim.job.id, reason)
+        return moved
+
+    def hand_back(self, claim: Claim) -> bool:
+        """Return a running job to the queue (graceful stop): QUEUED, re-taken by the next claim of any
+        consumer without waiting for the visibility timeout, and this delivery does not count."""
+        moved = self._move(
+            claim.job.id,
+            JobState.QUEUED,
+            ["state", JobState.QUEUED.value],
+            entry_id=claim.entry_id,
+            holder=claim,
+            action=EntryAction.RELEASE,
+        )
+        if moved:
+            logger.info("job %s: handed back to the queue by %s", claim.job.id, claim.consumer)
+        return moved
 
     def cancel(self, job_id: str) -> JobState:
         """Cancel a job: a queued one at once, a running one by flagging it for its holder."""
@@ -405,7 +492,7 @@ class JobQueue:
         return [JobRecord.from_fields(fields) for fields in pipe.execute() if fields]
 
     def dead_letters(self, *, count: int = 100) -> list[dict[str, str]]:
-        """Entries that exhausted their attempts, oldest first: job_id, reason, deliveries, consumer."""
+        """Jobs given up for good, oldest first: job_id, reason, attempts, runs, worker (the last holder)."""
         return [fields for _, fields in self.redis.xrange(self.keys.dead_letters, count=count)]
 
     def live_consumers(self) -> list[str]:
@@ -428,7 +515,7 @@ class JobQueue:
             for entry_id, fields in entries:
                 deliveries = self._deliveries(entry_id)
                 if deliveries > self.max_attempts:
-                    self._dead_letter(entry_id, fields, deliveries, consumer)
+                    self._dead_letter(entry_id, fields, deliveries)
                     continue
                 claim = self._start(consumer, entry_id, fields, attempt=deliveries)
                 if claim is not None:
@@ -454,69 +541,70 @@ class JobQueue:
         if self.is_cancel_requested(job_id):
             self._cancel_abandoned(job_id, entry_id)
             return None
-        result = self._transition(
-            keys=[self.keys.job(job_id), self.keys.queue],
-            args=[
-                self.keys.group,
-                "",
-                "",
-                _allowed_from(JobState.RUNNING),
+        started = self._move(
+            job_id,
+            JobState.RUNNING,
+            [
                 "state", JobState.RUNNING.value,
-                "attempts", attempt,
+                "attempts", str(attempt),
                 "worker", consumer,
                 "started_at", repr(time.time()),
-                "frames_done", 0,
-                "dropped_frames", 0,
+                "frames_done", "0",
+                "dropped_frames", "0",
             ],
         )  # fmt: skip
-        if result != "ok":
-            logger.info("job %s: not started (%s); entry retired", job_id, result)
+        if not started:
             self._retire(entry_id)
             return None
         return Claim(job=self.get(job_id), entry_id=entry_id, consumer=consumer, attempt=attempt)
 
     def _cancel_abandoned(self, job_id: str, entry_id: str) -> None:
         """A job cancelled while its holder was dying is finished as cancelled, never restarted."""
-        self._transition(
-            keys=[self.keys.job(job_id), self.keys.queue],
-            args=[
-                self.keys.group,
-                "",
-                "",
-                _allowed_from(JobState.CANCELLED),
-                "state", JobState.CANCELLED.value,
-                "finished_at", repr(time.time()),
-            ],
-        )  # fmt: skip
+        fields = ["state", JobState.CANCELLED.value, "finished_at", repr(time.time())]
+        self._move(job_id, JobState.CANCELLED, fields)
         self._retire(entry_id)
         logger.info("job %s: cancelled while its holder was gone; not restarted", job_id)
 
-    def _dead_letter(
-        self, entry_id: str, fields: dict[str, str] | None, deliveries: int, consumer: str
-    ) -> None:
-        job_id = (fields or {}).get("job_id", "")
+    def _dead_letter(self, entry_id: str, fields: dict[str, str] | None, deliveries: int) -> None:
+        """An entry whose every holder died: its job fails for good, with a dead-letter entry."""
+        job_id = (fields or {}).get("job_id")
         reason = f"gave up after {deliveries - 1} attempts: each holder stopped sending heartbeats"
-        self.redis.xadd(
-            self.keys.dead_letters,
-            {"job_id": job_id, "reason": reason, "deliveries": str(deliveries - 1), "consumer": consumer},
-            maxlen=10_000,
-            approximate=True,
-        )
-        if job_id:
-            self._transition(
-                keys=[self.keys.job(job_id), self.keys.queue],
-                args=[
-                    self.keys.group,
-                    "",
-                    "",
-                    _allowed_from(JobState.FAILED),
-                    "state", JobState.FAILED.value,
-                    "error", reason,
-                    "finished_at", repr(time.time()),
-                ],
-            )  # fmt: skip
-        self._retire(entry_id)
+        failed = ["state", JobState.FAILED.value, "error", reason, "finished_at", repr(time.time())]
+        if job_id is None or not self._move(
+            job_id, JobState.FAILED, failed, entry_id=entry_id, action=EntryAction.DEAD_LETTER
+        ):
+            self._retire(entry_id)
         logger.error("job %s: dead-lettered (%s)", job_id, reason)
+
+    def _move(
+        self,
+        job_id: str,
+        target: JobState,
+        fields: list[str],
+        *,
+        entry_id: str = "",
+        holder: Claim | None = None,
+        action: EntryAction = EntryAction.KEEP,
+    ) -> bool:
+        """Set `fields` if `target` is allowed from the current state (and `holder` still holds the job),
+        and apply `action` to the queue entry, in one script; False, logged, when not allowed."""
+        if action is not EntryAction.KEEP and not entry_id:
+            raise ValueError(f"{action.value} needs the queue entry id")
+        result = self._transition(
+            keys=[self.keys.job(job_id), self.keys.queue, self.keys.dead_letters],
+            args=[
+                self.keys.group,
+                entry_id,
+                action.value,
+                "" if holder is None else str(holder.attempt),
+                "" if holder is None else holder.consumer,
+                _allowed_from(target),
+                *fields,
+            ],
+        )
+        if result != "ok":
+            logger.info("job %s: not moved to %s (%s)", job_id, target.value, result)
+        return result == "ok"
 
     def _retire(self, entry_id: str) -> None:
         pipe = self.redis.pipeline(transaction=True)

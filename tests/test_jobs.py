@@ -183,7 +183,7 @@ def test_exhausted_attempts_go_to_dead_letters(redis_url: str) -> None:
     assert record.state is JobState.FAILED
     assert "2 attempts" in (record.error or "")
     letters = queue.dead_letters()
-    assert [(d["job_id"], d["deliveries"]) for d in letters] == [(job.id, "2")]
+    assert [(d["job_id"], d["attempts"], d["worker"]) for d in letters] == [(job.id, "2", "doomed-2")]
     assert queue.redis.xlen(queue.keys.queue) == 0
 
 
@@ -262,3 +262,65 @@ def test_embedded_redis_is_reused_persistent_and_stopped_cleanly(ipc_dir) -> Non
 
     configured = resolve_redis("redis://db.example:6379/0", ipc_dir)
     assert (configured.url, configured.server) == ("redis://db.example:6379/0", None)
+
+
+def test_give_up_fails_the_job_and_lists_it_in_the_dead_letters_atomically(redis_url: str) -> None:
+    queue = _queue(redis_url)
+    job = queue.submit("keeps-crashing.mp4")
+    claim = queue.claim("daemon-1", block_s=1.0)
+    assert claim is not None
+    assert queue.heartbeat(claim, JobProgress(frames_done=7, runs=3)) is HeartbeatStatus.OK
+    assert queue.give_up(claim, "gave up after 3 runs; last: worker-0 died")
+    record = queue.get(job.id)
+    assert (record.state, record.error, record.runs) == (
+        JobState.FAILED,
+        "gave up after 3 runs; last: worker-0 died",
+        3,
+    )
+    assert record.finished_at is not None
+    assert queue.dead_letters() == [
+        {
+            "job_id": job.id,
+            "reason": "gave up after 3 runs; last: worker-0 died",
+            "attempts": "1",
+            "runs": "3",
+            "worker": "daemon-1",
+        }
+    ]
+    assert queue.redis.xlen(queue.keys.queue) == 0
+    assert not queue.give_up(claim, "again"), "a final job is given up once"
+    assert len(queue.dead_letters()) == 1
+
+
+def test_hand_back_requeues_at_once_without_counting_the_attempt(redis_url: str) -> None:
+    queue = _queue(redis_url)
+    job = queue.submit("long.mp4")
+    first = queue.claim("stopping-daemon", block_s=1.0)
+    assert first is not None and first.attempt == 1
+    assert queue.hand_back(first)
+    record = queue.get(job.id)
+    assert record.state is JobState.QUEUED and record.attempts == 1
+    # Claimable at once by the next consumer, well before the visibility timeout would have expired.
+    taken_at = time.monotonic()
+    second = queue.claim("next-daemon", block_s=VISIBILITY_S / 4)
+    assert second is not None and second.job.id == job.id
+    assert time.monotonic() - taken_at < VISIBILITY_S / 2
+    assert (second.attempt, queue.get(job.id).attempts, queue.get(job.id).worker) == (1, 1, "next-daemon")
+    # The same attempt number, but another holder: the one that handed the job back cannot touch it.
+    assert queue.heartbeat(first) is HeartbeatStatus.LOST
+    assert not queue.finish(first, JobState.DONE)
+    assert not queue.hand_back(first)
+    assert queue.heartbeat(second) is HeartbeatStatus.OK
+    assert queue.finish(second, JobState.DONE)
+    assert queue.redis.xlen(queue.keys.queue) == 0
+
+
+def test_handed_back_job_cancelled_while_queued_is_not_restarted(redis_url: str) -> None:
+    queue = _queue(redis_url)
+    job = queue.submit("long.mp4")
+    claim = queue.claim("stopping-daemon", block_s=1.0)
+    assert claim is not None and queue.hand_back(claim)
+    assert queue.cancel(job.id) is JobState.CANCELLED
+    assert queue.claim("next-daemon", block_s=0.2) is None
+    assert queue.get(job.id).state is JobState.CANCELLED
+    assert queue.redis.xlen(queue.keys.queue) == 0
