@@ -35,6 +35,12 @@ the counts, and waits for the worker's `EndAck`. The inbox answers only when the
 message after the last frame, so the acknowledgement means every frame reached the worker; the decoder
 may exit afterwards without losing the tail of the video.
 
+Closing. Frames left in a closing sender are discarded at once (the job is over), but once a control
+message is queued (`cancel`, `finish`) the socket lingers up to `CONTROL_LINGER_S` so it still reaches
+the worker. A decoder that dies without sending either (SIGKILL, crash) cannot do that; the daemon then
+calls `release_job`, which cancels the job on the worker under the job's own identity, so the worker
+frees its session at once.
+
 Wiring, in the order a job runs::
 
     # worker process
@@ -93,6 +99,9 @@ logger = logging.getLogger(__name__)
 
 CONTROL_SLACK = 8
 """Messages of headroom above the frame window in every high-water mark, so control always fits."""
+CONTROL_LINGER_S = 1.5
+"""How long a closing socket keeps trying to deliver a control message (Cancel, EndOfStream, Shutdown)
+already queued, with the frames ahead of it; bounded, so a process never hangs on a dead peer."""
 
 
 class LiveDropPolicy(str, Enum):
@@ -190,6 +199,7 @@ class FrameSender:
         self._held: FrameMessage | None = None
         self._starved_since: float | None = None
         self._ack: EndAck | None = None
+        self._linger_s = 0.0
         self._socket = context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.IDENTITY, job_id.encode())
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -274,9 +284,9 @@ class FrameSender:
         except PeerTimeout:
             logger.warning("job %s: cancel not delivered, worker unreachable", self.job_id)
 
-    def close(self, *, linger_s: float = 1.0) -> None:
-        """Close, giving messages still queued (a cancel, the frames before it) `linger_s` to leave."""
-        self._socket.close(linger=int(linger_s * 1000))
+    def close(self) -> None:
+        """Close; a queued control message gets `CONTROL_LINGER_S` to leave, frames alone get none."""
+        self._socket.close(linger=int(self._linger_s * 1000))
 
     def _offer_live(self, frame: FrameMessage) -> SendOutcome:
         self._pump(0)
@@ -315,6 +325,8 @@ class FrameSender:
         if not self._socket.poll(int(timeout_s * 1000), zmq.POLLOUT):
             raise PeerTimeout(f"job {self.job_id}: worker not reachable for {timeout_s:.1f} s")
         self._socket.send_multipart(encode(message), flags=zmq.NOBLOCK, copy=False)
+        if not isinstance(message, FrameMessage):
+            self._linger_s = CONTROL_LINGER_S
 
     def _pump(self, timeout_s: float) -> None:
         """Read every pending reply from the worker, waiting up to `timeout_s` for the first one."""
@@ -547,10 +559,24 @@ class ResultCollector:
         self._socket.close(linger=0)
 
 
-def send_control(context: zmq.Context, endpoint: str, message: Message, *, timeout_s: float = 2.0) -> bool:
+def send_control(
+    context: zmq.Context, endpoint: str, message: Message, *, timeout_s: float = CONTROL_LINGER_S
+) -> bool:
     """Deliver one control message (e.g. `Shutdown`) to a worker inbox; False if nobody took it in time."""
+    return _deliver(context, endpoint, f"control-{time.monotonic_ns()}", message, timeout_s)
+
+
+def release_job(
+    context: zmq.Context, endpoint: str, job_id: str, reason: str, *, timeout_s: float = 0.5
+) -> bool:
+    """Cancel a job on its worker for a decoder that died without doing so (only then: the inbox hands
+    the job's identity over to this connection). The worker frees the job's session and slot at once."""
+    return _deliver(context, endpoint, job_id, Cancel(job_id=job_id, reason=reason), timeout_s)
+
+
+def _deliver(context: zmq.Context, endpoint: str, identity: str, message: Message, timeout_s: float) -> bool:
     socket = context.socket(zmq.DEALER)
-    socket.setsockopt(zmq.IDENTITY, f"control-{time.monotonic_ns()}".encode())
+    socket.setsockopt(zmq.IDENTITY, identity.encode())
     socket.setsockopt(zmq.IMMEDIATE, 1)
     try:
         socket.connect(endpoint)
@@ -559,4 +585,4 @@ def send_control(context: zmq.Context, endpoint: str, message: Message, *, timeo
         socket.send_multipart(encode(message), flags=zmq.NOBLOCK)
         return True
     finally:
-        socket.close(linger=int(timeout_s * 1000))
+        socket.close(linger=int(CONTROL_LINGER_S * 1000))

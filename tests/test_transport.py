@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from streamer.transport import (
     ResultSender,
     SendCancelled,
     SendOutcome,
+    release_job,
     send_control,
 )
 
@@ -80,6 +84,7 @@ def run_worker(
     inbox = FrameInbox(context, endpoint, queues)
     results = ResultSender(context, writer_endpoint, queues) if writer_endpoint else None
     seen: dict[str, list[int]] = {}
+    cancelled: list[str] = []
     corrupt: list[tuple[str, int]] = []
     zero_copy = True
     deadline = time.monotonic() + WAIT_S
@@ -95,6 +100,8 @@ def run_worker(
             inbox.accept(message)
             seen[message.job_id] = []
             time.sleep(pause_after_accept_s)
+        elif isinstance(message, Cancel):
+            cancelled.append(message.job_id)
         elif isinstance(message, FrameMessage):
             seen[message.job_id].append(message.index)
             if not np.array_equal(message.image, _image(message.job_id, message.index)):
@@ -116,7 +123,16 @@ def run_worker(
                 )
             else:
                 results.send(message)
-    reports.put({"seen": seen, "corrupt": corrupt, "rejected": inbox.stats.rejected, "zero_copy": zero_copy})
+    reports.put(
+        {
+            "seen": seen,
+            "cancelled": cancelled,
+            "held": inbox.jobs,
+            "corrupt": corrupt,
+            "rejected": inbox.stats.rejected,
+            "zero_copy": zero_copy,
+        }
+    )
     if results is not None:
         results.close()
     inbox.close()
@@ -135,6 +151,19 @@ def run_decoder(
         ack = sender.finish(timeout_s=WAIT_S)
     reports.put({"job_id": job_id, "ack": (ack.frames_received, ack.complete)})
     context.destroy(linger=0)
+
+
+def run_stuck_decoder(
+    endpoint: str, job_id: str, queues: QueueSettings, reports: multiprocessing.Queue
+) -> None:
+    """A decoder that opens its job, sends two frames and then hangs, until it is killed."""
+    context = zmq.Context()
+    sender = FrameSender(context, endpoint, job_id, live=False, queues=queues, peer_timeout_s=WAIT_S)
+    sender.open(JobStart(job_id=job_id, live=False, source_size=(256, 192)), timeout_s=WAIT_S)
+    for index in range(2):
+        sender.send_frame(_frame(job_id, index))
+    reports.put({"pid": os.getpid()})
+    time.sleep(WAIT_S * 2)
 
 
 @pytest.fixture
@@ -370,3 +399,35 @@ def test_collector_skips_malformed_results(ipc_dir: Path, context) -> None:
     assert collector.receive(timeout_s=0.1) is None
     push.close(linger=0)
     collector.close()
+
+
+def test_cancel_sent_just_before_close_reaches_a_busy_worker(ipc_dir: Path, start_process, context) -> None:
+    queues = QueueSettings(batch_frames=4)
+    endpoint = _endpoint(ipc_dir, "w0")
+    reports = SPAWN.Queue()
+    start_process(run_worker, endpoint, None, queues, 0.0, 1.0, reports)  # busy for 1 s after accepting
+    big = np.zeros((1080, 1920, 3), np.uint8)  # full-HD frames: the window does not fit in socket buffers
+    with FrameSender(context, endpoint, "job-a", live=False, queues=queues) as sender:
+        sender.open(JobStart(job_id="job-a", live=False, source_size=(1920, 1080)), timeout_s=WAIT_S)
+        for index in range(4):
+            sender.send_frame(replace(_frame("job-a", index), image=big))
+        sender.cancel("user asked")
+    # Closed at once; the worker only reads after its pause: the cancel must still arrive, after the frames.
+    assert send_control(context, endpoint, Shutdown(reason="test"))
+    report = _report(reports)
+    assert (report["seen"], report["cancelled"], report["held"]) == ({"job-a": [0, 1, 2, 3]}, ["job-a"], [])
+
+
+def test_release_job_frees_the_job_of_a_killed_decoder(ipc_dir: Path, start_process, context) -> None:
+    queues = QueueSettings(batch_frames=4)
+    endpoint = _endpoint(ipc_dir, "w0")
+    worker_reports, decoder_reports = SPAWN.Queue(), SPAWN.Queue()
+    start_process(run_worker, endpoint, None, queues, 0.0, 0.0, worker_reports)
+    decoder = start_process(run_stuck_decoder, endpoint, "job-k", queues, decoder_reports)
+    assert _report(decoder_reports)["pid"] == decoder.pid
+    os.kill(decoder.pid, signal.SIGKILL)  # no cancel, no end of stream: the worker still holds the job
+    decoder.join(WAIT_S)
+    assert release_job(context, endpoint, "job-k", "decoder killed")
+    assert send_control(context, endpoint, Shutdown(reason="test"))
+    report = _report(worker_reports)
+    assert (report["seen"], report["cancelled"], report["held"]) == ({"job-k": [0, 1]}, ["job-k"], [])
