@@ -16,30 +16,43 @@ Failure handling, the part users of other queues complain about:
 
 * a worker or the writer that dies (or stops sending heartbeats for `process_timeout_s`) is restarted
   at once; its jobs are re-run from frame 0 on a live worker, and the writer's duplicate handling means
-  each frame is still written exactly once. A job re-run `max_attempts` times goes to the dead-letter
-  stream and fails with the reason;
+  each frame is still written exactly once. A job re-run `max_attempts` times is given up
+  (`JobQueue.give_up`: failed, with a dead-letter entry). The status hash counts every run (`runs`);
 * a decoder that crashes re-runs its job the same way; a decoder that reports an error (unopenable,
-  corrupt or truncated source, unusable mask) fails its job with that message, and nothing else stops;
-* cancel is polled every loop (`LOOP_S`), so a cancelled job is marked cancelled within a second; the
-  writer discards its temporary outputs and the decoder is stopped (SIGTERM, then SIGKILL);
+  corrupt or truncated source, unusable mask) fails its job with that message, and nothing else stops.
+  A decoder that died without cancelling its job on the worker (crash, SIGKILL) is replaced there by
+  `transport.release_job`, so the worker frees the job's session at once;
+* cancel is polled every loop (`LOOP_S`), so a cancelled job is stopped within a second;
 * if the whole daemon dies, its claimed jobs are re-taken by the next daemon after the visibility
-  timeout; SIGTERM stops taking jobs, interrupts the running ones (left claimed, so they are re-run by
-  the next daemon) and stops every child in order.
+  timeout. SIGTERM drains instead: no more claims, every job here is stopped and handed back to the
+  queue (`JobQueue.hand_back`: queued, re-taken at once by the next daemon, the attempt not counted),
+  then every child is stopped in order and the process exits 0.
+
+One place decides how a stopping job ends. Stopping (cancel, failure, give-up, hand-back) SIGTERMs the
+decoder and asks the writer to discard the outputs; the job waits in SETTLING for the writer's answer,
+which is serialised with its own completion of the outputs: Cancel (discarded) applies the intended
+ending, EndOfStream (completed just before) makes the job DONE with its outputs. So the final state and
+the files on disk always agree, whichever of cancel and completion came first.
+
+Live jobs: every written frame's latency (decoded to mask written) comes with the writer's Progress;
+the median and 95th percentile over the last `LATENCY_WINDOW` frames go into the status hash.
 
 States: a job here is WAITING (for a ready worker: new, or re-run after a crash), RUNNING (decoder up),
-or STOPPING (final state written, waiting for its decoder to exit). A child is STARTING until its first
-heartbeat, then READY.
+SETTLING (stopping; waiting for the writer's answer), or STOPPING (Redis updated, waiting for its
+decoder to exit). A child is STARTING until its first heartbeat, then READY.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import multiprocessing.context
 import os
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -55,7 +68,14 @@ from streamer.decoder import DecoderSettings, run_decoder
 from streamer.jobs import Claim, HeartbeatStatus, JobProgress, JobQueue, JobState, KeyNames
 from streamer.messages import Cancel, EndOfStream, ErrorMessage, Heartbeat, Message, Progress, Shutdown
 from streamer.redis_server import RedisEndpoint, resolve_redis
-from streamer.transport import QueueSettings, ResultCollector, ResultSender, TransportError, send_control
+from streamer.transport import (
+    QueueSettings,
+    ResultCollector,
+    ResultSender,
+    TransportError,
+    release_job,
+    send_control,
+)
 from streamer.writer_process import WriterSettings, output_paths, run_writer
 from workers.worker import WorkerSettings, run_worker
 
@@ -65,6 +85,8 @@ SPAWN = multiprocessing.get_context("spawn")
 LOOP_S = 0.1
 """Longest wait for events per loop turn; bounds how late a cancel or a dead process is noticed."""
 EVENTS_PER_TURN = 500
+LATENCY_WINDOW = 300
+"""Recent frames of a live job whose latencies give the percentiles in its status (about 10 s of video)."""
 WRITER_OPTIONS = frozenset({"output_dir", "overlay", "masks", "rle"})
 """Per-job options the writer uses; `max_frames` goes to the decoder; everything else is an XMem option."""
 
@@ -110,9 +132,11 @@ class DaemonSettings:
     peer_timeout_s: float = 30.0
     end_of_stream_timeout_s: float = 30.0
     torch_threads: int = 0
-    worker_idle_timeout_s: float = 60.0
     stop_grace_s: float = 1.0
     """How long a decoder gets to exit after SIGTERM before it is killed."""
+    settle_timeout_s: float = 5.0
+    """How long a stopping job waits for the writer's answer (outputs discarded or already complete);
+    past it, the writer is presumed gone and the job ends as intended."""
     finish_timeout_s: float = 60.0
     """After its decoder ended normally, how long a job may wait for the writer to complete its outputs."""
 
@@ -173,7 +197,27 @@ class ProcessState(str, Enum):
 class JobPhase(str, Enum):
     WAITING = "waiting"
     RUNNING = "running"
+    SETTLING = "settling"
     STOPPING = "stopping"
+
+
+class Outcome(str, Enum):
+    """How a stopping job leaves this daemon, unless the writer answers that its outputs are complete."""
+
+    FAILED = "failed"
+    GIVEN_UP = "given_up"
+    """Failed for good, with a dead-letter entry (too many runs)."""
+    CANCELLED = "cancelled"
+    HANDED_BACK = "handed_back"
+    """Back to the queue for the next daemon (graceful stop)."""
+
+
+@dataclass(frozen=True)
+class Ending:
+    """Why and how a job is being stopped; applied once the writer has answered (module docstring)."""
+
+    outcome: Outcome
+    reason: str
 
 
 @dataclass
@@ -207,19 +251,44 @@ class DaemonJob:
     worker: Child | None = None
     decoder: multiprocessing.context.SpawnProcess | None = None
     runs: int = 0
+    """Runs started by this daemon; the status hash adds the runs of earlier holders."""
     frames_done: int = 0
     frames_total: int | None = None
     fps: float = 0.0
     dropped: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     decoder_ended_at: float | None = None
+    ending: Ending | None = None
+    settle_deadline: float = 0.0
     stop_deadline: float = 0.0
 
     @property
     def job_id(self) -> str:
         return self.claim.job.id
 
+    @property
+    def active(self) -> bool:
+        """Still meant to run here: not stopping."""
+        return self.phase in (JobPhase.WAITING, JobPhase.RUNNING)
+
     def progress(self) -> JobProgress:
-        return JobProgress(self.frames_done, self.fps, self.dropped, self.frames_total)
+        ordered = sorted(self.latencies)
+        return JobProgress(
+            self.frames_done,
+            self.fps,
+            self.dropped,
+            self.frames_total,
+            runs=self.claim.job.runs + self.runs,
+            latency_p50_s=percentile(ordered, 0.50),
+            latency_p95_s=percentile(ordered, 0.95),
+        )
+
+
+def percentile(ordered: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of sorted values; None when there are none."""
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 class JobOptionError(ValueError):
@@ -266,14 +335,17 @@ class Daemon:
         self.queue: JobQueue | None = None
 
     def request_stop(self) -> None:
+        """Begin the drain (SIGTERM/SIGINT): see the module docstring."""
         self.stopping = True
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def run(self) -> None:
+        """The loop; after `request_stop` it goes on until every job here is handed back and reaped."""
         self._start()
         try:
-            while not self.stopping:
+            while not (self.stopping and not self.jobs):
+                self._drain()
                 self._pump_events()
                 self._supervise_children()
                 self._supervise_jobs()
@@ -322,7 +394,6 @@ class Daemon:
                 max_jobs=settings.max_jobs_per_worker,
                 max_objects=settings.max_objects,
                 threads=settings.torch_threads,
-                idle_timeout_s=settings.worker_idle_timeout_s,
                 peer_timeout_s=settings.peer_timeout_s,
             )
             self.workers.append(
@@ -342,18 +413,19 @@ class Daemon:
             settings.checkpoint,
         )
 
+    def _drain(self) -> None:
+        if self.stopping:
+            for job in list(self.jobs.values()):
+                if job.active:
+                    self._end(job, Ending(Outcome.HANDED_BACK, "daemon stopping"))
+
     def _shutdown(self) -> None:
-        logger.info("daemon stopping: %d running jobs are left claimed for the next daemon", len(self.jobs))
+        """Stop every child in order; jobs are all handed back by now unless `run` failed."""
+        logger.info("daemon stopping: %d jobs still here", len(self.jobs))
         for job in self.jobs.values():
-            self._signal_decoder(job, signal.SIGTERM)
-            self._cancel_writer(job.job_id, "daemon shutdown")
-        deadline = time.monotonic() + self.settings.stop_grace_s * 3
-        for job in self.jobs.values():
-            if job.decoder is not None:
-                job.decoder.join(max(0.0, deadline - time.monotonic()))
-                if job.decoder.is_alive():
-                    job.decoder.kill()
-                    job.decoder.join(1.0)
+            if job.decoder is not None and job.decoder.is_alive():
+                job.decoder.kill()
+                job.decoder.join(1.0)
         for worker in self.workers:
             if worker.process is not None and worker.process.is_alive() and self._context is not None:
                 send_control(self._context, worker.endpoint, Shutdown(reason="daemon shutdown", drain=False))
@@ -413,20 +485,23 @@ class Daemon:
         job = self.jobs.get(getattr(message, "job_id", None) or "")
         if job is None or job.phase is JobPhase.STOPPING:
             return
-        if isinstance(message, Progress):
+        if isinstance(message, EndOfStream):  # the writer's: outputs complete under their final names
+            self._settle(job, complete=message)
+        elif isinstance(message, Cancel):  # the writer's answer to a Cancel: outputs discarded
+            if job.phase is JobPhase.SETTLING:
+                self._settle(job, complete=None)
+        elif isinstance(message, ErrorMessage):
+            logger.warning("job=%s failed code=%s: %s", job.job_id, message.code, message.message)
+            self._end(job, Ending(Outcome.FAILED, message.message))
+        elif isinstance(message, Progress):
             if message.frames_total is not None:  # the decoder's report of the source length
                 job.frames_total = message.frames_total
             else:  # the writer's counters
                 job.frames_done = max(job.frames_done, message.frames_done)
                 job.dropped = message.frames_dropped
                 job.fps = message.fps
-        elif isinstance(message, ErrorMessage):
-            logger.warning("job=%s failed code=%s: %s", job.job_id, message.code, message.message)
-            self._finish(job, JobState.FAILED, error=message.message)
-        elif isinstance(message, EndOfStream):
-            job.frames_done = message.frames_total
-            job.dropped = message.frames_dropped
-            self._finish(job, JobState.DONE, outputs=output_paths(job.outputs))
+                if job.claim.job.live and message.latency_s is not None:
+                    job.latencies.append(message.latency_s)
 
     # ------------------------------------------------------------------------------------------ children
 
@@ -446,33 +521,34 @@ class Daemon:
             child.restarts += 1
             child.launch()
             for job in list(self.jobs.values()):
-                if job.phase is not JobPhase.STOPPING and (child is self.writer or job.worker is child):
+                if job.active and (child is self.writer or job.worker is child):
                     self._rerun(job, f"{child.name} died (exit code {exitcode})")
             self._publish_processes()
 
     def _rerun(self, job: DaemonJob, reason: str) -> None:
         """Stop what is left of this run; the job waits for a ready worker and starts again from frame 0."""
-        if job.decoder is not None and job.decoder.is_alive():
-            job.decoder.kill()
+        if job.decoder is not None:
+            if job.decoder.is_alive():
+                job.decoder.kill()
             job.decoder.join(2.0)
+            self._release_worker(job)
         job.decoder = None
         job.decoder_ended_at = None
         if job.runs >= self.settings.max_attempts:
-            self._dead_letter(job, f"gave up after {job.runs} runs; last: {reason}")
+            self._end(job, Ending(Outcome.GIVEN_UP, f"gave up after {job.runs} runs; last: {reason}"))
             return
         logger.warning("job=%s re-run from frame 0 (run %d failed: %s)", job.job_id, job.runs, reason)
         job.phase = JobPhase.WAITING
 
-    def _dead_letter(self, job: DaemonJob, reason: str) -> None:
-        assert self.queue is not None
-        self.queue.redis.xadd(
-            self.queue.keys.dead_letters,
-            {"job_id": job.job_id, "reason": reason, "deliveries": str(job.runs), "consumer": self.consumer},
-            maxlen=10_000,
-            approximate=True,
-        )
-        logger.error("job=%s dead-lettered: %s", job.job_id, reason)
-        self._finish(job, JobState.FAILED, error=reason)
+    def _release_worker(self, job: DaemonJob) -> None:
+        """After a decoder died without ending its job (killed, crashed), cancel the job on its worker."""
+        worker = job.worker
+        if job.decoder is None or job.decoder.exitcode == 0 or worker is None or self._context is None:
+            return
+        if worker.state is ProcessState.READY and worker.process is not None and worker.process.is_alive():
+            reason = f"decoder exited with code {job.decoder.exitcode}"
+            if not release_job(self._context, worker.endpoint, job.job_id, reason):
+                logger.warning("job=%s could not be released on %s", job.job_id, worker.name)
 
     # ------------------------------------------------------------------------------------------ jobs
 
@@ -483,7 +559,8 @@ class Daemon:
                 worker = self._pick_worker(job)
                 if worker is not None and self.writer is not None and self.writer.state is ProcessState.READY:
                     self._start_decoder(job, worker)
-            elif job.phase is JobPhase.RUNNING:
+                continue
+            if job.phase is JobPhase.RUNNING:
                 assert job.decoder is not None
                 if job.decoder.is_alive():
                     continue
@@ -492,15 +569,20 @@ class Daemon:
                 elif job.decoder_ended_at is None:
                     job.decoder_ended_at = now
                 elif now - job.decoder_ended_at > self.settings.finish_timeout_s:
-                    self._finish(
-                        job, JobState.FAILED, error="the writer did not complete the outputs in time"
-                    )
-            elif job.decoder is None or not job.decoder.is_alive():
+                    self._end(job, Ending(Outcome.FAILED, "the writer did not complete the outputs in time"))
+                continue
+            decoder_alive = job.decoder is not None and job.decoder.is_alive()
+            if decoder_alive and now > job.stop_deadline:
+                assert job.decoder is not None
+                job.decoder.kill()
+            if job.phase is JobPhase.SETTLING and now > job.settle_deadline:
+                logger.warning("job=%s: no answer from the writer; ending it as intended", job.job_id)
+                self._settle(job, complete=None)
+            elif job.phase is JobPhase.STOPPING and not decoder_alive:
                 if job.decoder is not None:
                     job.decoder.join(0.1)
+                    self._release_worker(job)
                 del self.jobs[job.job_id]
-            elif now > job.stop_deadline:
-                job.decoder.kill()
 
     def _pick_worker(self, job: DaemonJob) -> Child | None:
         load = {id(w): 0 for w in self.workers}
@@ -546,25 +628,53 @@ class Daemon:
         logger.info(
             "job=%s run=%d worker=%s decoder pid=%s", job.job_id, job.runs, worker.name, job.decoder.pid
         )
+        self._keep_lease(job)  # records the new run in the status hash at once
 
-    def _finish(
-        self,
-        job: DaemonJob,
-        state: JobState,
-        *,
-        error: str | None = None,
-        outputs: dict[str, str] | None = None,
-    ) -> None:
-        """Write the final state, then stop the job's processes; outputs are discarded unless DONE."""
+    def _end(self, job: DaemonJob, ending: Ending) -> None:
+        """Stop the job here: SIGTERM its decoder, ask the writer to discard its outputs, and wait in
+        SETTLING for the writer's answer (module docstring), at most `settle_timeout_s`."""
+        if not job.active:
+            return
+        now = time.monotonic()
+        job.ending = ending
+        job.phase = JobPhase.SETTLING
+        job.settle_deadline = now + self.settings.settle_timeout_s
+        job.stop_deadline = now + self.settings.stop_grace_s
+        self._signal_decoder(job, signal.SIGTERM)
+        self._cancel_writer(job.job_id, ending.reason)
+
+    def _settle(self, job: DaemonJob, *, complete: EndOfStream | None) -> None:
+        """Write how the job leaves this daemon: DONE when the writer completed its outputs (`complete`),
+        whatever else was intended; otherwise the intended ending. Then wait for the decoder to exit."""
         assert self.queue is not None
+        if complete is not None:
+            job.frames_done = complete.frames_total
+            job.dropped = complete.frames_dropped
         self.queue.heartbeat(job.claim, job.progress())
-        self.queue.finish(job.claim, state, error=error, outputs=outputs)
-        logger.info("job=%s state=%s frames=%d error=%s", job.job_id, state.value, job.frames_done, error)
-        self._stop_job(job, cancel_outputs=state is not JobState.DONE)
+        ending = job.ending
+        if complete is not None:
+            self.queue.finish(job.claim, JobState.DONE, outputs=output_paths(job.outputs))
+            state, reason = JobState.DONE.value, None
+        else:
+            assert ending is not None
+            state, reason = ending.outcome.value, ending.reason
+            if ending.outcome is Outcome.HANDED_BACK:
+                self.queue.hand_back(job.claim)
+            elif ending.outcome is Outcome.GIVEN_UP:
+                self.queue.give_up(job.claim, ending.reason)
+            else:
+                final = JobState.CANCELLED if ending.outcome is Outcome.CANCELLED else JobState.FAILED
+                self.queue.finish(job.claim, final, error=ending.reason)
+        logger.info("job=%s state=%s frames=%d reason=%s", job.job_id, state, job.frames_done, reason)
+        if job.phase is not JobPhase.SETTLING:  # completed while running: the decoder is exiting by itself
+            job.stop_deadline = time.monotonic() + self.settings.stop_grace_s
+            self._signal_decoder(job, signal.SIGTERM)
+        job.phase = JobPhase.STOPPING
 
-    def _stop_job(self, job: DaemonJob, *, cancel_outputs: bool) -> None:
-        if cancel_outputs:
-            self._cancel_writer(job.job_id, "job stopped")
+    def _stop_lost(self, job: DaemonJob) -> None:
+        """Another consumer holds the job now: stop here without touching its status or its outputs' fate."""
+        logger.warning("job=%s lease lost to another consumer; stopping it here", job.job_id)
+        self._cancel_writer(job.job_id, "lease lost")
         self._signal_decoder(job, signal.SIGTERM)
         job.phase = JobPhase.STOPPING
         job.stop_deadline = time.monotonic() + self.settings.stop_grace_s
@@ -590,7 +700,7 @@ class Daemon:
 
     def _poll_cancels(self) -> None:
         assert self.queue is not None
-        active = [job for job in self.jobs.values() if job.phase is not JobPhase.STOPPING]
+        active = [job for job in self.jobs.values() if job.active]
         if not active:
             return
         pipe = self.queue.redis.pipeline(transaction=False)
@@ -598,24 +708,26 @@ class Daemon:
             pipe.hget(self.queue.keys.job(job.job_id), "cancel_requested")
         for job, flag in zip(active, pipe.execute()):
             if flag == "1":
-                self._finish(job, JobState.CANCELLED, error="cancelled on request")
+                self._end(job, Ending(Outcome.CANCELLED, "cancelled on request"))
 
     def _heartbeat(self) -> None:
-        assert self.queue is not None
         now = time.monotonic()
         if now - self._last_heartbeat < self.settings.heartbeat_s:
             return
         self._last_heartbeat = now
         self._publish_processes()
         for job in list(self.jobs.values()):
-            if job.phase is JobPhase.STOPPING:
-                continue
-            status = self.queue.heartbeat(job.claim, job.progress())
-            if status is HeartbeatStatus.CANCEL_REQUESTED:
-                self._finish(job, JobState.CANCELLED, error="cancelled on request")
-            elif status is HeartbeatStatus.LOST:
-                logger.warning("job=%s lease lost to another consumer; stopping it here", job.job_id)
-                self._stop_job(job, cancel_outputs=True)
+            if job.phase is not JobPhase.STOPPING:
+                self._keep_lease(job)
+
+    def _keep_lease(self, job: DaemonJob) -> None:
+        """Heartbeat one job with its progress; act on a cancel request or a lost lease."""
+        assert self.queue is not None
+        status = self.queue.heartbeat(job.claim, job.progress())
+        if status is HeartbeatStatus.CANCEL_REQUESTED:
+            self._end(job, Ending(Outcome.CANCELLED, "cancelled on request"))
+        elif status is HeartbeatStatus.LOST:
+            self._stop_lost(job)
 
     def _publish_processes(self) -> None:
         """Pids of this daemon's children, for `vosd status` and for operators (and tests) to find them."""
@@ -635,7 +747,7 @@ class Daemon:
         assert self.queue is not None
         ready = [w for w in self.workers if w.state is ProcessState.READY]
         active = sum(1 for job in self.jobs.values() if job.phase is not JobPhase.STOPPING)
-        if not ready or self.writer is None or self.writer.state is not ProcessState.READY:
+        if self.stopping or not ready or self.writer is None or self.writer.state is not ProcessState.READY:
             return
         if active >= len(ready) * self.settings.max_jobs_per_worker:
             return

@@ -8,9 +8,10 @@ Messages (one PULL socket, `ResultCollector`)::
 
     decoder -> writer   JobStart (opens the outputs), full-size Frame..., Cancel
     worker  -> writer   Mask..., EndOfStream (forwarded after the last mask), Cancel
-    daemon  -> writer   Cancel (the decoder is gone), Shutdown
+    daemon  -> writer   Cancel (the job is stopping), Shutdown
     writer  -> daemon   Progress (frames written, dropped, fps, latency), EndOfStream (outputs complete,
-                        under their final names), Error (outputs cannot be written), Heartbeat
+                        under their final names), Cancel (outputs discarded), Error (outputs cannot be
+                        written), Heartbeat
 
 Joining. Masks of a job come from one worker, in index order; full-size frames come from one decoder,
 also in index order. A mask is written as soon as its frame is here, so the writer holds at most the
@@ -22,6 +23,14 @@ written frame instead of being mistaken for duplicates.
 
 A job ends when the worker's EndOfStream has arrived and every mask before it is written: batch outputs
 must then hold frames 0..N-1, or the job fails instead of publishing an incomplete result.
+
+Every Cancel gets an answer, because only this loop knows whether a job's outputs were completed just
+before the Cancel arrived: EndOfStream again when they are complete under their final names (too late to
+discard them), otherwise Cancel (nothing of the job is kept). The daemon writes a stopping job's final
+state from that answer, so a job is never marked cancelled while its outputs stay published.
+
+Live jobs report Progress for every written frame, so the daemon sees each frame's latency (decoded to
+written) and can keep percentiles over the recent frames; batch jobs report every `progress_interval_s`.
 
 States of a job here: OPEN -> ENDING (EndOfStream seen, masks left to join) -> COMPLETE | CANCELLED | FAILED.
 """
@@ -79,7 +88,8 @@ class WriterSettings:
     name: str = "writer"
     heartbeat_s: float = 1.0
     progress_interval_s: float = 0.5
-    """How often a running job's counters go to the daemon; 0 sends one Progress per written frame."""
+    """How often a batch job's counters go to the daemon; 0 sends one Progress per written frame (live jobs
+    always do)."""
     alpha: float = 0.5
     crf: int = 20
     preset: str = "veryfast"
@@ -158,6 +168,9 @@ class WriterLoop:
         if isinstance(message, JobStart):
             self._open(message)
             return
+        if isinstance(message, Cancel):
+            self._cancel(message)
+            return
         job_id = getattr(message, "job_id", None)
         job = self.jobs.get(job_id) if job_id else None
         if job is None:
@@ -172,9 +185,6 @@ class WriterLoop:
             elif isinstance(message, EndOfStream):
                 job.end = message
                 job.phase = JobPhase.ENDING
-            elif isinstance(message, Cancel):
-                self._abort(job.start.job_id, JobPhase.CANCELLED, message.reason)
-                return
             else:
                 logger.warning("job=%s unexpected kind=%s", job.start.job_id, message.KIND.value)
             self._join(job)
@@ -224,6 +234,15 @@ class WriterLoop:
         self.jobs[job_id] = WriterJob(start=start, output=output)
         logger.info("job=%s outputs opened %s", job_id, paths)
 
+    def _cancel(self, cancel: Cancel) -> None:
+        """Discard the job's outputs unless already complete, and answer which it was (module docstring)."""
+        self._abort(cancel.job_id, JobPhase.CANCELLED, cancel.reason)
+        phase, done = self.finished.get(cancel.job_id, (JobPhase.CANCELLED, None))
+        if phase is JobPhase.COMPLETE:
+            self._report(done)
+        else:
+            self._report(Cancel(job_id=cancel.job_id, reason=cancel.reason))
+
     def _frame(self, job: WriterJob, frame: FrameMessage) -> None:
         job.dropped = max(job.dropped, frame.dropped)
         if frame.index <= job.last_index:
@@ -258,7 +277,7 @@ class WriterLoop:
             job.last_index = mask.index
             job.written = job.output.frames_written
             job.latency_s = time.time() - mask.capture_time
-            if self.settings.progress_interval_s == 0:
+            if self.settings.progress_interval_s == 0 or job.start.live:
                 self._send_progress(job)
         if job.phase is JobPhase.ENDING and not job.masks:
             self._complete(job)

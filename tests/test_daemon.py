@@ -27,6 +27,7 @@ import pytest
 import redis as redis_lib
 import typer
 import yaml
+import zmq
 from typer.testing import CliRunner
 from videos import (
     LiveServer,
@@ -42,6 +43,9 @@ from videos import (
 from streamer.commands import cancel_command, jobs_command, status_command, submit_command, watch_command
 from streamer.jobs import JobQueue, JobRecord, JobState, KeyNames
 from streamer.masks import read_index_mask
+from streamer.messages import Cancel, EndOfStream, FrameMessage, JobStart, MaskMessage, Shutdown
+from streamer.transport import QueueSettings, ResultCollector, ResultSender
+from streamer.writer_process import WriterSettings, output_paths, run_writer
 from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
 
@@ -92,7 +96,7 @@ class Served:
 
     def pids(self) -> dict[str, int]:
         """The daemon's published process table (worker-0, writer, pid)."""
-        keys = list(self.queue.redis.scan_iter(match=KeyNames().daemon("*")))
+        keys = list(self.queue.redis.scan_iter(match=self.queue.keys.daemon("*")))
         assert len(keys) == 1, keys
         return {
             name: int(pid)
@@ -136,16 +140,20 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | list[np.
     }
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    data_dir = Path(tempfile.mkdtemp(prefix="vosd-d-"))  # short: ipc and redis socket paths are limited
+def _write_config(data_dir: Path, **redis: object) -> Path:
+    """A daemon config for `data_dir` with a small random network; `redis` overrides the redis section."""
     checkpoint = write_random_checkpoint(data_dir / "small.pth", NetworkSpec.small(), seed=3)
     config = data_dir / "vosd.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "data_dir": str(data_dir),
-                "redis": {"max_attempts": 3, "visibility_timeout_s": 15.0, "heartbeat_interval_s": 0.5},
+                "redis": {
+                    "max_attempts": 3,
+                    "visibility_timeout_s": 15.0,
+                    "heartbeat_interval_s": 0.5,
+                    **redis,
+                },
                 "workers": {
                     "devices": ["cpu"],
                     "jobs_per_worker": 3,
@@ -162,14 +170,37 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             }
         )
     )
-    log = data_dir / "daemon.log"
+    return config
+
+
+def _launch(config: Path, data_dir: Path, log: Path) -> subprocess.Popen:
     with log.open("w") as sink:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-c", SERVE, "--config", str(config)],
             stdout=sink,
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_NUM_THREADS": "1"},  # one torch thread: the CI machine has two cores
         )
+
+
+def _stop(daemon: Served) -> None:
+    """SIGTERM, which must end in a clean exit 0; kill only if it did not."""
+    try:
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0, daemon.log.read_text()[-3000:]
+        assert "daemon stopped" in daemon.log.read_text()
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    data_dir = Path(tempfile.mkdtemp(prefix="vosd-d-"))  # short: ipc and redis socket paths are limited
+    config = _write_config(data_dir)
+    log = data_dir / "daemon.log"
+    process = _launch(config, data_dir, log)
     socket_path = data_dir / "redis" / "redis.sock"
     deadline = time.monotonic() + 60
     while not socket_path.exists():
@@ -179,13 +210,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     daemon = Served(process, config, data_dir, JobQueue(client), log)
     try:
         yield daemon
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0, log.read_text()[-3000:]
-        assert "daemon stopped" in log.read_text()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        _stop(daemon)
         client.close()
         shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -220,6 +246,7 @@ def test_batch_job_through_the_daemon_writes_complete_outputs(served: Served, cl
     record = served.wait(job)
     assert record.state is JobState.DONE, record.error
     assert (record.frames_done, record.frames_total, record.dropped_frames) == (48, 48, 0)
+    assert (record.runs, record.attempts, record.latency_p50_s) == (1, 1, None)  # latency is for live jobs
     assert record.started_at and record.finished_at and record.finished_at >= record.started_at
     _assert_complete_outputs(record, 48)
     first = read_index_mask(Path(record.outputs["masks"]) / "00000.png")
@@ -244,6 +271,7 @@ def test_worker_killed_mid_job_is_restarted_and_the_job_completes_exactly_once(s
     record = served.wait(job)
     assert record.state is JobState.DONE, record.error
     assert record.frames_done == 96
+    assert (record.runs, record.attempts) == (2, 1)  # re-run by the daemon: one delivery, two runs
     _assert_complete_outputs(record, 96)
     assert served.pids()["worker-0"] != worker
     assert "re-run from frame 0 (run 1 failed: worker-0 died (exit code -9))" in served.log.read_text()
@@ -290,6 +318,11 @@ def test_live_stream_cut_and_restarted_reconnects_and_the_job_continues(served: 
     )  # each decoded frame is written or counted dropped
     count, size, _ = _frames_of(Path(record.outputs["overlay"]))
     assert count == record.frames_done and size == (160, 120)
+    # Monitoring through the queue: decoded-to-written latency percentiles of the recent frames.
+    assert record.latency_p50_s is not None and record.latency_p95_s is not None
+    assert 0 < record.latency_p50_s <= record.latency_p95_s
+    status = CliRunner().invoke(_app(), ["status", job, "--config", str(served.config)])
+    assert status.exit_code == 0 and "latency_p50_s" in status.output and "latency_p95_s" in status.output
 
 
 def _many_objects(directory: Path, mask: np.ndarray) -> Path:
@@ -353,4 +386,122 @@ def test_job_whose_worker_keeps_dying_goes_to_the_dead_letter_stream(served: Ser
         worker = served.wait_for_new_pid("worker-0", worker)
     record = served.wait(job)
     assert record.state is JobState.FAILED and "gave up after 3 runs" in (record.error or ""), record
-    assert job in [entry["job_id"] for entry in served.queue.dead_letters()]
+    assert record.runs == 3
+    letters = [entry for entry in served.queue.dead_letters() if entry["job_id"] == job]
+    assert [(entry["reason"], entry["runs"]) for entry in letters] == [(record.error, "3")]
+
+
+def test_cancel_is_decided_by_the_writer_so_state_and_outputs_agree(
+    served: Served, tmp_path: Path, clips
+) -> None:
+    with LiveServer("tcp", free_port(), fps=24, lifetime=120) as server:
+        time.sleep(0.5)
+        out = tmp_path / "raced"
+        job = served.submit(server.url, "--live", "--mask", str(clips["mask"]), "--output", str(out))
+        served.wait_progress(job, 5)
+        writer = served.pids()["writer"]
+        os.kill(writer, signal.SIGSTOP)  # the writer may be completing the outputs right now
+        try:
+            assert served.queue.cancel(job) is JobState.RUNNING
+            time.sleep(
+                1.5
+            )  # many daemon turns: the cancel is seen, but only the writer knows what is on disk
+            assert served.queue.get(job).state is JobState.RUNNING
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        record = served.wait(job, timeout_s=30)
+    assert record.state is JobState.CANCELLED, record
+    time.sleep(0.5)
+    assert not out.exists() or not list(out.iterdir()), list(out.iterdir())
+
+
+def test_writer_answers_every_cancel_with_what_is_on_disk(
+    ipc_dir: Path, tmp_path: Path, start_process
+) -> None:
+    """The writer half of the cancel decision: outputs completed just before a Cancel stay, and say so."""
+    queues = QueueSettings()
+    context = zmq.Context()
+    events = ResultCollector(context, f"ipc://{ipc_dir}/events.sock", queues)
+    settings = WriterSettings(
+        collector_endpoint=f"ipc://{ipc_dir}/writer.sock", events_endpoint=events.endpoint
+    )
+    start_process(run_writer, settings)
+    tx = ResultSender(context, settings.collector_endpoint, queues, peer_timeout_s=JOB_TIMEOUT_S)
+
+    def answer(job_id: str) -> EndOfStream | Cancel:
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while time.monotonic() < deadline:
+            message = events.receive(timeout_s=0.2)
+            if isinstance(message, (EndOfStream, Cancel)) and message.job_id == job_id:
+                return message
+        raise AssertionError(f"no answer for {job_id}")
+
+    def feed(job_id: str, frames: int, *, end: bool) -> dict[str, str]:
+        outputs = {"dir": str(tmp_path / job_id), "overlay": True, "masks": True, "rle": True}
+        tx.send(JobStart(job_id=job_id, live=False, source_size=(32, 24), fps=24.0, outputs=outputs))
+        for index in range(frames):
+            image = np.full((24, 32, 3), index * 20, np.uint8)
+            tx.send(FrameMessage(job_id, index, image, index / 24, time.time(), (32, 24)))
+            tx.send(MaskMessage(job_id, index, (image[..., 0] > 0).astype(np.uint8), index / 24, time.time()))
+        if end:
+            tx.send(EndOfStream(job_id=job_id, frames_total=frames, frames_sent=frames))
+        return output_paths(outputs)
+
+    try:
+        complete = feed("complete", 3, end=True)
+        assert isinstance(answer("complete"), EndOfStream)
+        tx.send(Cancel(job_id="complete", reason="cancelled on request"))  # a moment too late
+        assert isinstance(answer("complete"), EndOfStream), "complete outputs are kept and reported as such"
+        assert sorted(p.name for p in Path(complete["masks"]).iterdir()) == [
+            "00000.png",
+            "00001.png",
+            "00002.png",
+        ]
+
+        feed("open", 2, end=False)
+        tx.send(Cancel(job_id="open", reason="cancelled on request"))
+        assert isinstance(answer("open"), Cancel)
+        tx.send(Cancel(job_id="never-seen", reason="daemon stopping"))
+        assert isinstance(answer("never-seen"), Cancel)
+        assert not (tmp_path / "open").exists() or not list((tmp_path / "open").iterdir())
+        tx.send(Shutdown(reason="test over", drain=False))
+    finally:
+        tx.close()
+        events.close()
+        context.term()
+
+
+def test_sigterm_hands_running_jobs_back_and_the_next_daemon_completes_them(redis_url: str, clips) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="vosd-g-"))
+    # The visibility timeout is far past this test's patience: only an immediate hand-back lets the job resume.
+    config = _write_config(data_dir, url=redis_url, key_prefix="drain", visibility_timeout_s=600.0)
+    queue = JobQueue(redis_lib.Redis.from_url(redis_url, decode_responses=True), keys=KeyNames("drain"))
+    try:
+        first = Served(
+            _launch(config, data_dir, data_dir / "first.log"), config, data_dir, queue, data_dir / "first.log"
+        )
+        job = first.submit(str(clips["long"]), "--mask", str(clips["long_mask"]))
+        running = first.wait_progress(job, 10)
+        assert running.state is JobState.RUNNING and running.frames_done < 96, running
+        _stop(first)
+        record = queue.get(job)
+        assert (record.state, record.attempts, record.runs) == (JobState.QUEUED, 1, 1), record
+        assert "handed back" in first.log.read_text()
+
+        second = Served(
+            _launch(config, data_dir, data_dir / "second.log"),
+            config,
+            data_dir,
+            queue,
+            data_dir / "second.log",
+        )
+        try:
+            record = second.wait(job)
+        finally:
+            _stop(second)
+        assert record.state is JobState.DONE, record.error
+        assert (record.attempts, record.runs, record.frames_done) == (1, 2, 96)  # the hand-back did not count
+        _assert_complete_outputs(record, 96)
+    finally:
+        queue.redis.close()
+        shutil.rmtree(data_dir, ignore_errors=True)

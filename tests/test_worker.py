@@ -25,7 +25,14 @@ from streamer.messages import (
     MaskMessage,
     Shutdown,
 )
-from streamer.transport import FrameSender, JobRejected, QueueSettings, ResultCollector, send_control
+from streamer.transport import (
+    FrameSender,
+    JobRejected,
+    QueueSettings,
+    ResultCollector,
+    release_job,
+    send_control,
+)
 from workers.worker import WorkerSettings, run_worker
 from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
@@ -139,6 +146,17 @@ def rig(ipc_dir: Path, checkpoint: Path, start_process) -> Iterator[Rig]:
     context.term()
 
 
+def _wait_for_held_jobs(rig: Rig, jobs: tuple[str, ...]) -> None:
+    """Until a heartbeat lists exactly `jobs`; the worker's jobs are seen nowhere else."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        beat = rig.events.receive(timeout_s=0.5)
+        if isinstance(beat, Heartbeat) and beat.jobs == jobs:
+            return
+        assert not isinstance(beat, ErrorMessage), beat
+        assert time.monotonic() < deadline, f"the worker never held exactly {jobs}"
+
+
 def _start(job_id: str, mask: np.ndarray, **options: object) -> JobStart:
     return JobStart(job_id=job_id, live=False, source_size=SIZE, fps=24.0, options=dict(options), mask=mask)
 
@@ -228,13 +246,21 @@ def test_capacity_cancel_and_heartbeats(rig: Rig, clip) -> None:
         assert [type(m) for m in rig.collect(MaskMessage, "one")] == [MaskMessage]
         one.cancel("user")
         assert isinstance(rig.collect(Cancel, "one")[-1], Cancel)  # forwarded so the writer drops the outputs
-        deadline = time.monotonic() + WAIT_S
-        while True:  # heartbeats list the jobs the worker holds: the cancelled one is gone
-            beat = rig.events.receive(timeout_s=0.5)
-            if isinstance(beat, Heartbeat) and beat.jobs == ("two",):
-                break
-            assert not isinstance(beat, ErrorMessage), beat
-            assert time.monotonic() < deadline
+        _wait_for_held_jobs(rig, ("two",))  # the cancelled job is gone
         three.open(_start("three", masks[0]))  # the freed slot can be used
         two.cancel("done")
         three.cancel("done")
+
+
+def test_job_of_a_dead_decoder_is_released_at_once(rig: Rig, clip) -> None:
+    images, masks = clip
+    gone = rig.sender("gone")
+    gone.open(_start("gone", masks[0]))
+    gone.send_frame(_frame("gone", 0, images[0]))
+    assert [type(m) for m in rig.collect(MaskMessage, "gone")] == [MaskMessage]
+    gone.close()  # the decoder dies: no end of stream, no cancel
+    _wait_for_held_jobs(rig, ("gone",))
+    # The daemon saw the decoder die and cancels the job in its place; nothing waits for an idle timeout.
+    assert release_job(rig.context, rig.settings.inbox_endpoint, "gone", "decoder exited with code -9")
+    assert isinstance(rig.collect(Cancel, "gone")[-1], Cancel)
+    _wait_for_held_jobs(rig, ())

@@ -15,6 +15,11 @@ The loop has explicit states: STARTING (loading the network, nothing bound yet),
 jobs, finishing the held ones), STOPPED. The inbox is bound only once the network is loaded, so a decoder
 can never send frames to a worker that cannot take them yet.
 
+A job leaves this worker by its decoder's EndOfStream or Cancel. A decoder that dies without sending
+either (SIGKILL after the daemon's stop grace, a crash) is noticed by the daemon, which sends the Cancel
+in its place (`transport.release_job`); so no job holds a session here after its decoder is gone, and
+there is no idle timeout that could drop a live job whose camera is reconnecting.
+
 Per-job options are daemon-wide inference options overridden by the job's own (JobStart.options), so one
 job can use a different `mem_every` without touching the others. A job whose mask or options cannot be
 used is rejected at JobStart with a sentence that says why; the decoder reports it to the daemon.
@@ -85,8 +90,6 @@ class WorkerSettings:
     """Torch intra-op threads on CPU; 0 leaves torch's default."""
     heartbeat_s: float = 1.0
     peer_timeout_s: float = 30.0
-    idle_timeout_s: float = 60.0
-    """A job that receives nothing for this long lost its decoder (killed, cancel message lost): dropped."""
 
 
 @dataclass
@@ -98,7 +101,6 @@ class WorkerJob:
     first_mask: np.ndarray | None
     frames: int = 0
     seconds: float = 0.0
-    last_message: float = field(default_factory=time.monotonic)
 
 
 class JobSetupError(ValueError):
@@ -141,7 +143,6 @@ class Worker:
                 message = self.inbox.receive(timeout_s=RECEIVE_TIMEOUT_S)
                 if message is not None:
                     self._handle(message)
-                self._evict_idle()
         finally:
             self._set_state(WorkerState.STOPPED)
             self._heartbeat(force=True)
@@ -163,15 +164,6 @@ class Worker:
             self.request_stop(drain=message.drain)
         else:
             logger.warning("worker=%s unexpected message kind=%s", self.settings.name, message.KIND.value)
-
-    def _evict_idle(self) -> None:
-        now = time.monotonic()
-        for job_id, job in list(self.jobs.items()):
-            if now - job.last_message > self.settings.idle_timeout_s:
-                logger.warning(
-                    "job=%s idle for %.0f s, its decoder is gone; dropped", job_id, now - job.last_message
-                )
-                self._close(Cancel(job_id=job_id, reason="decoder gone"))
 
     def _open(self, start: JobStart) -> None:
         self.jobs.pop(start.job_id, None)  # a re-run of a job this worker held replaces it
@@ -211,7 +203,6 @@ class Worker:
         job = self.jobs.get(frame.job_id)
         if job is None:
             return  # the job failed here; its decoder is being stopped by the daemon
-        job.last_message = time.monotonic()
         started = time.perf_counter()
         mask = None
         if job.first_mask is not None:
