@@ -430,4 +430,6 @@ def test_release_job_frees_the_job_of_a_killed_decoder(ipc_dir: Path, start_proc
     assert release_job(context, endpoint, "job-k", "decoder killed")
     assert send_control(context, endpoint, Shutdown(reason="test"))
     report = _report(worker_reports)
-    assert (report["seen"], report["cancelled"], report["held"]) == ({"job-k": [0, 1]}, ["job-k"], [])
+    # Frames still in the killed process's socket buffer die with it: the worker saw a prefix of 0, 1.
+    assert report["seen"].get("job-k", []) in ([], [0], [0, 1])
+    assert (report["cancelled"], report["held"]) == (["job-k"], [])
