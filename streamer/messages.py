@@ -27,11 +27,14 @@ receiver can log a malformed message, count it, and keep going.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from dataclasses import dataclass, field
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Any, ClassVar, Sequence, Union
+from typing import Any, ClassVar, Self, Sequence, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 import zmq
@@ -68,7 +71,11 @@ class MessageError(ValueError):
 
 
 class _Header:
-    """Typed access to a decoded JSON header, raising `MessageError` that names the field."""
+    """Typed access to a decoded JSON header, raising `MessageError` that names the field.
+
+    Each reader takes the field name (plus keyword options from the field's `_wire` metadata) and
+    returns the Python value; `_READERS` picks one per field type annotation.
+    """
 
     def __init__(self, kind: MessageKind, data: dict[str, Any]) -> None:
         self.kind = kind
@@ -84,9 +91,6 @@ class _Header:
             raise self._fail(name, "a non-empty string")
         return value
 
-    def maybe_text(self, name: str) -> str | None:
-        return None if self.data.get(name) is None else self.text(name)
-
     def integer(self, name: str, *, minimum: int = 0) -> int:
         value = self.data.get(name)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -98,9 +102,6 @@ class _Header:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise self._fail(name, "a finite number")
         return float(value)
-
-    def maybe_number(self, name: str) -> float | None:
-        return None if self.data.get(name) is None else self.number(name)
 
     def flag(self, name: str) -> bool:
         value = self.data.get(name)
@@ -114,6 +115,18 @@ class _Header:
             raise self._fail(name, "an object")
         return value
 
+    def numbers(self, name: str) -> dict[str, float]:
+        value = self.mapping(name)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
+            raise self._fail(name, "an object mapping names to numbers")
+        return {k: float(v) for k, v in value.items()}
+
+    def strings(self, name: str) -> tuple[str, ...]:
+        value = self.data.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._fail(name, "a list of strings")
+        return tuple(value)
+
     def size(self, name: str) -> tuple[int, int]:
         value = self.data.get(name)
         if (
@@ -123,6 +136,97 @@ class _Header:
         ):
             raise self._fail(name, "[width, height] with positive integers")
         return (value[0], value[1])
+
+
+_READERS: dict[Any, Callable[..., Any]] = {
+    str: _Header.text,
+    int: _Header.integer,
+    float: _Header.number,
+    bool: _Header.flag,
+    dict[str, Any]: _Header.mapping,
+    dict[str, float]: _Header.numbers,
+    tuple[int, int]: _Header.size,
+    tuple[str, ...]: _Header.strings,
+}
+"""The header reader for each field annotation (``X | None`` fields use X's reader and accept null or
+absence as None). A field needing another rule says so with ``field(metadata=_wire(...))``."""
+
+
+def _wire(*, read: Callable[..., Any] | None = None, **options: Any) -> dict[str, Any]:
+    """Field metadata overriding the annotation's reader (`read`) or passing it options (``minimum=1``)."""
+    return {"wire": {"read": read, **options}}
+
+
+def _without_none(annotation: Any) -> tuple[Any, bool]:
+    """``(X, True)`` for ``X | None``, else ``(annotation, False)``."""
+    if get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation):
+        rest = [a for a in get_args(annotation) if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else annotation), True  # X | Y | None has no reader
+    return annotation, False
+
+
+@dataclass(frozen=True)
+class _HeaderField:
+    name: str
+    read: Callable[..., Any]
+    options: dict[str, Any]
+    optional: bool
+
+
+class _Layout:
+    """How one message class travels, derived once from its dataclass fields and their annotations: the
+    ``np.ndarray`` field (if any) is the payload, every other field is a header entry of the same name."""
+
+    def __init__(self, cls: type) -> None:
+        hints = get_type_hints(cls)
+        self.payload: str | None = None
+        self.payload_required = False
+        self.fields: list[_HeaderField] = []
+        for f in fields(cls):
+            annotation, optional = _without_none(hints[f.name])
+            if annotation is np.ndarray:
+                if self.payload is not None:
+                    raise TypeError(f"{cls.__name__}: more than one array field")
+                self.payload, self.payload_required = f.name, not optional
+                continue
+            options = dict(f.metadata.get("wire", {}))
+            read = options.pop("read", None) or _READERS.get(annotation)
+            if read is None:
+                raise TypeError(f"{cls.__name__}.{f.name}: no header reader for {annotation!r}")
+            self.fields.append(_HeaderField(f.name, read, options, optional))
+
+
+_layout = functools.cache(_Layout)
+
+
+class _Message:
+    """Base of every message dataclass: encodes and decodes it generically from its `_Layout`."""
+
+    KIND: ClassVar[MessageKind]
+
+    @property
+    def payload(self) -> np.ndarray | None:
+        name = _layout(type(self)).payload
+        return None if name is None else getattr(self, name)
+
+    def header(self) -> dict[str, Any]:
+        """The JSON header fields (without "v", "shape" and "dtype"); tuples travel as lists."""
+        values = ((f.name, getattr(self, f.name)) for f in _layout(type(self)).fields)
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in values}
+
+    @classmethod
+    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> Self:
+        layout = _layout(cls)
+        values: dict[str, Any] = {}
+        if layout.payload is not None:
+            if payload is None and layout.payload_required:
+                raise MessageError(f"{cls.KIND.value}: missing {layout.payload} payload")
+            values[layout.payload] = payload
+        for f in layout.fields:
+            values[f.name] = (
+                None if f.optional and h.data.get(f.name) is None else f.read(h, f.name, **f.options)
+            )
+        return cls(**values)
 
 
 def _check_image(image: np.ndarray, what: str, *, channels: int | None) -> None:
@@ -138,7 +242,7 @@ def _check_image(image: np.ndarray, what: str, *, channels: int | None) -> None:
 
 
 @dataclass(frozen=True)
-class JobStart:
+class JobStart(_Message):
     """Opens a job on a worker (and, forwarded, on the writer). The first message of every job.
 
     `mask` is the first-frame index mask ``uint8 (H, W)`` at the source size, or None when the job gets
@@ -159,35 +263,9 @@ class JobStart:
         if self.mask is not None:
             _check_image(self.mask, "job_start mask", channels=None)
 
-    @property
-    def payload(self) -> np.ndarray | None:
-        return self.mask
-
-    def header(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "live": self.live,
-            "source_size": list(self.source_size),
-            "fps": self.fps,
-            "options": self.options,
-            "outputs": self.outputs,
-        }
-
-    @classmethod
-    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> JobStart:
-        return cls(
-            job_id=h.text("job_id"),
-            live=h.flag("live"),
-            source_size=h.size("source_size"),
-            fps=h.maybe_number("fps"),
-            options=h.mapping("options"),
-            outputs=h.mapping("outputs"),
-            mask=payload,
-        )
-
 
 @dataclass(frozen=True)
-class FrameMessage:
+class FrameMessage(_Message):
     """One decoded frame at the worker's working resolution: ``uint8 (H, W, 3)`` RGB.
 
     `pts` is the presentation time in seconds from the source (None when the source has none);
@@ -208,37 +286,9 @@ class FrameMessage:
     def __post_init__(self) -> None:
         _check_image(self.image, "frame image", channels=3)
 
-    @property
-    def payload(self) -> np.ndarray:
-        return self.image
-
-    def header(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "index": self.index,
-            "pts": self.pts,
-            "capture_time": self.capture_time,
-            "source_size": list(self.source_size),
-            "dropped": self.dropped,
-        }
-
-    @classmethod
-    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> FrameMessage:
-        if payload is None:
-            raise MessageError("frame: missing image payload")
-        return cls(
-            job_id=h.text("job_id"),
-            index=h.integer("index"),
-            image=payload,
-            pts=h.maybe_number("pts"),
-            capture_time=h.number("capture_time"),
-            source_size=h.size("source_size"),
-            dropped=h.integer("dropped"),
-        )
-
 
 @dataclass(frozen=True)
-class MaskMessage:
+class MaskMessage(_Message):
     """The worker's result for one frame: index mask ``uint8 (H, W)`` in the user's labels.
 
     `timings` maps a stage name to seconds spent (e.g. {"step": 0.031}); `capture_time` is copied from
@@ -256,38 +306,9 @@ class MaskMessage:
     def __post_init__(self) -> None:
         _check_image(self.mask, "mask", channels=None)
 
-    @property
-    def payload(self) -> np.ndarray:
-        return self.mask
-
-    def header(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "index": self.index,
-            "pts": self.pts,
-            "capture_time": self.capture_time,
-            "timings": self.timings,
-        }
-
-    @classmethod
-    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> MaskMessage:
-        if payload is None:
-            raise MessageError("mask: missing mask payload")
-        timings = h.mapping("timings")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in timings.values()):
-            raise MessageError(f"mask: field 'timings' must map names to seconds, got {timings!r}")
-        return cls(
-            job_id=h.text("job_id"),
-            index=h.integer("index"),
-            mask=payload,
-            pts=h.maybe_number("pts"),
-            capture_time=h.number("capture_time"),
-            timings={k: float(v) for k, v in timings.items()},
-        )
-
 
 @dataclass(frozen=True)
-class EndOfStream:
+class EndOfStream(_Message):
     """No more frames for this job. `frames_total` frames were produced, `frames_sent` of them sent and
     `frames_dropped` dropped (live), so the receiver can check it got every frame that was sent."""
 
@@ -296,28 +317,10 @@ class EndOfStream:
     frames_total: int
     frames_sent: int
     frames_dropped: int = 0
-    payload: ClassVar[None] = None
-
-    def header(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "frames_total": self.frames_total,
-            "frames_sent": self.frames_sent,
-            "frames_dropped": self.frames_dropped,
-        }
-
-    @classmethod
-    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> EndOfStream:
-        return cls(
-            job_id=h.text("job_id"),
-            frames_total=h.integer("frames_total"),
-            frames_sent=h.integer("frames_sent"),
-            frames_dropped=h.integer("frames_dropped"),
-        )
 
 
 @dataclass(frozen=True)
-class EndAck:
+class EndAck(_Message):
     """The worker's answer to `EndOfStream`: every frame before it was received and handed over.
     `complete` is False when fewer frames arrived than the sender says it sent."""
 
@@ -325,71 +328,37 @@ class EndAck:
     job_id: str
     frames_received: int
     complete: bool
-    payload: ClassVar[None] = None
-
-    def header(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "frames_received": self.frames_received, "complete": self.complete}
-
-    @classmethod
-    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> EndAck:
-        return cls(
-            job_id=h.text("job_id"), frames_received=h.integer("frames_received"), complete=h.flag("complete")
-        )
 
 
 @dataclass(frozen=True)
-class Credit:
+class Credit(_Message):
     """Flow control: the worker allows the job's sender `credits` more frames in flight."""
 
     KIND: ClassVar[MessageKind] = MessageKind.CREDIT
     job_id: str
-    credits: int
-    payload: ClassVar[None] = None
-
-    def header(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "credits": self.credits}
-
-    @classmethod
-    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> Credit:
-        return cls(job_id=h.text("job_id"), credits=h.integer("credits", minimum=1))
+    credits: int = field(metadata=_wire(minimum=1))
 
 
 @dataclass(frozen=True)
-class Cancel:
+class Cancel(_Message):
     """Stop this job now: receivers drop its state; no acknowledgement is expected."""
 
     KIND: ClassVar[MessageKind] = MessageKind.CANCEL
     job_id: str
     reason: str = "cancelled"
-    payload: ClassVar[None] = None
-
-    def header(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "reason": self.reason}
-
-    @classmethod
-    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> Cancel:
-        return cls(job_id=h.text("job_id"), reason=h.text("reason"))
 
 
 @dataclass(frozen=True)
-class Shutdown:
+class Shutdown(_Message):
     """Stop the receiving process; `drain` asks it to finish the jobs it holds first."""
 
     KIND: ClassVar[MessageKind] = MessageKind.SHUTDOWN
     reason: str = "shutdown"
     drain: bool = True
-    payload: ClassVar[None] = None
-
-    def header(self) -> dict[str, Any]:
-        return {"reason": self.reason, "drain": self.drain}
-
-    @classmethod
-    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> Shutdown:
-        return cls(reason=h.text("reason"), drain=h.flag("drain"))
 
 
 @dataclass(frozen=True)
-class Progress:
+class Progress(_Message):
     """Per-job counters for the status hash (streamer/jobs.py): frames done, dropped, rate, latency."""
 
     KIND: ClassVar[MessageKind] = MessageKind.PROGRESS
@@ -400,67 +369,26 @@ class Progress:
     latency_s: float | None = None
     frames_total: int | None = None
     """Frames the source is expected to have (decoder, when the container says); None when unknown or live."""
-    payload: ClassVar[None] = None
-
-    def header(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "frames_done": self.frames_done,
-            "frames_dropped": self.frames_dropped,
-            "fps": self.fps,
-            "latency_s": self.latency_s,
-            "frames_total": self.frames_total,
-        }
-
-    @classmethod
-    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> Progress:
-        return cls(
-            job_id=h.text("job_id"),
-            frames_done=h.integer("frames_done"),
-            frames_dropped=h.integer("frames_dropped"),
-            fps=h.number("fps"),
-            latency_s=h.maybe_number("latency_s"),
-            frames_total=None if h.data.get("frames_total") is None else h.integer("frames_total"),
-        )
 
 
 @dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(_Message):
     """A process is alive; `sent_at` is its wall clock (Unix seconds), `jobs` the job ids it holds."""
 
     KIND: ClassVar[MessageKind] = MessageKind.HEARTBEAT
     process: str
     sent_at: float
     jobs: tuple[str, ...] = ()
-    payload: ClassVar[None] = None
-
-    def header(self) -> dict[str, Any]:
-        return {"process": self.process, "sent_at": self.sent_at, "jobs": list(self.jobs)}
-
-    @classmethod
-    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> Heartbeat:
-        jobs = h.data.get("jobs", [])
-        if not isinstance(jobs, list) or not all(isinstance(j, str) for j in jobs):
-            raise MessageError(f"heartbeat: field 'jobs' must be a list of job ids, got {jobs!r}")
-        return cls(process=h.text("process"), sent_at=h.number("sent_at"), jobs=tuple(jobs))
 
 
 @dataclass(frozen=True)
-class ErrorMessage:
+class ErrorMessage(_Message):
     """A failure to report: `job_id` is None for process-wide errors; `code` is a short stable name."""
 
     KIND: ClassVar[MessageKind] = MessageKind.ERROR
     code: str
     message: str
     job_id: str | None = None
-    payload: ClassVar[None] = None
-
-    def header(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "job_id": self.job_id}
-
-    @classmethod
-    def from_wire(cls, h: _Header, payload: np.ndarray | None) -> ErrorMessage:
-        return cls(code=h.text("code"), message=h.text("message"), job_id=h.maybe_text("job_id"))
 
 
 Message = Union[
@@ -477,24 +405,9 @@ Message = Union[
     ErrorMessage,
 ]
 
-_CLASSES: dict[MessageKind, type[Message]] = {
-    cls.KIND: cls
-    for cls in (
-        JobStart,
-        FrameMessage,
-        MaskMessage,
-        EndOfStream,
-        EndAck,
-        Credit,
-        Cancel,
-        Shutdown,
-        Progress,
-        Heartbeat,
-        ErrorMessage,
-    )
-}
+_CLASSES: dict[MessageKind, type[Message]] = {cls.KIND: cls for cls in get_args(Message)}
 
-_PAYLOAD_KINDS = frozenset({MessageKind.JOB_START, MessageKind.FRAME, MessageKind.MASK})
+_PAYLOAD_KINDS = frozenset(kind for kind, cls in _CLASSES.items() if _layout(cls).payload is not None)
 
 WirePart = Union[bytes, memoryview, np.ndarray]
 """What `encode` returns and ``send_multipart(copy=False)`` accepts."""

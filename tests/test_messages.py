@@ -171,3 +171,40 @@ def test_senders_cannot_build_messages_the_receiver_would_reject() -> None:
         )
     with pytest.raises(MessageError, match="dtype"):
         MaskMessage(job_id="j", index=0, mask=np.zeros((4, 4), np.int64), pts=None, capture_time=0)
+
+
+@pytest.mark.parametrize(
+    ("message", "changes", "expected"),
+    [
+        (Credit(job_id="j", credits=1), {"credits": 0}, "credit: field 'credits' must be an integer >= 1"),
+        (Heartbeat(process="w", sent_at=1.0), {"jobs": [1]}, "heartbeat: field 'jobs'"),
+        (Progress(job_id="j", frames_done=1), {"frames_total": -1}, "progress: field 'frames_total'"),
+        (
+            JobStart(job_id="j", live=True, source_size=(4, 4), mask=np.zeros((4, 4), np.uint8)),
+            {"options": []},
+            "job_start: field 'options'",
+        ),
+        (ErrorMessage(code="c", message="m"), {"job_id": ""}, "error: field 'job_id'"),
+        (
+            MaskMessage(job_id="j", index=0, mask=np.zeros((2, 2), np.uint8), pts=None, capture_time=0),
+            {"timings": {"step": "slow"}},
+            "mask: field 'timings'",
+        ),
+    ],
+)
+def test_header_fields_follow_their_annotations(message, changes: dict, expected: str) -> None:
+    parts = _wire(encode(message))
+    assert set(_header(parts)) - {"v", "shape", "dtype"} == {
+        name for name, value in vars(message).items() if not isinstance(value, np.ndarray)
+    }
+    with pytest.raises(MessageError) as info:
+        decode(_with_header(parts, **changes))
+    assert expected in str(info.value)
+
+
+def test_optional_header_fields_accept_null_or_absence() -> None:
+    parts = _wire(encode(Progress(job_id="j", frames_done=1, latency_s=0.5, frames_total=9)))
+    header = {k: v for k, v in _header(parts).items() if k not in ("latency_s", "frames_total")}
+    decoded = decode([parts[0], json.dumps(header).encode()])
+    assert decoded == Progress(job_id="j", frames_done=1)
+    assert decode(_with_header(parts, frames_total=None)).frames_total is None
