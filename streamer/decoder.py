@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from streamer.messages import Cancel, ErrorMessage, FrameMessage, JobStart, Message, Progress
+from streamer.messages import Cancel, ErrorMessage, FrameMessage, JobStart, Progress
 from streamer.transport import (
+    EventReporter,
     FrameSender,
     JobRejected,
     QueueSettings,
@@ -141,7 +142,8 @@ class Decoder:
         self.context = context
         self.stop = stop
         self.state = DecoderState.OPENING
-        self.events = ResultSender(context, settings.events_endpoint, settings.queues, peer_timeout_s=5.0)
+        self.events = EventReporter(
+            context, settings.events_endpoint, settings.queues, sender=f"decoder job={settings.job_id}")
         self.writer = ResultSender(
             context,
             settings.writer_endpoint,
@@ -190,7 +192,7 @@ class Decoder:
             total = info.frame_count
             if self.settings.max_frames is not None:
                 total = self.settings.max_frames if total is None else min(total, self.settings.max_frames)
-            self._report(Progress(job_id=job_id, frames_done=0, frames_total=total))
+            self.events.report(Progress(job_id=job_id, frames_done=0, frames_total=total))
             try:
                 self.writer.send(start)
                 return self._stream(source, start)
@@ -284,21 +286,13 @@ class Decoder:
 
     def _fail(self, code: str, text: str) -> DecoderState:
         logger.error("job=%s failed code=%s: %s", self.settings.job_id, code, text)
-        self._report(ErrorMessage(code=code, message=text, job_id=self.settings.job_id))
+        self.events.report(ErrorMessage(code=code, message=text, job_id=self.settings.job_id))
         self._set_state(DecoderState.FAILED)
         return self.state
 
     def _cancelled(self) -> DecoderState:
         self._set_state(DecoderState.CANCELLED)
         return self.state
-
-    def _report(self, message: Message) -> None:
-        try:
-            self.events.send(message)
-        except TransportError as exc:
-            logger.warning(
-                "job=%s daemon unreachable, %s not sent: %s", self.settings.job_id, message.KIND.value, exc
-            )
 
     def _set_state(self, state: DecoderState) -> None:
         self.state = state

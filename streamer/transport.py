@@ -530,6 +530,30 @@ class ResultSender:
         self._socket.close(linger=int(self._peer_timeout_s * 1000))
 
 
+class EventReporter:
+    """A process's channel to the daemon's events socket (progress, heartbeats, errors).
+
+    Best effort by design: a daemon that is gone or full is logged and the process carries on, since
+    its supervisor restarts or hands back its jobs anyway.
+    """
+
+    PEER_TIMEOUT_S = 5.0
+    """Longest wait for room at the daemon before a report is given up."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, queues: QueueSettings, *, sender: str) -> None:
+        self._sender = ResultSender(context, endpoint, queues, peer_timeout_s=self.PEER_TIMEOUT_S)
+        self._name = sender
+
+    def report(self, message: Message) -> None:
+        try:
+            self._sender.send(message)
+        except TransportError as exc:
+            logger.warning("%s: daemon unreachable, %s not sent: %s", self._name, message.KIND.value, exc)
+
+    def close(self) -> None:
+        self._sender.close()
+
+
 class ResultCollector:
     """Writer side of the results channel: one PULL bound at the writer endpoint, fair-queued over workers."""
 

@@ -61,7 +61,7 @@ from streamer.messages import (
     Progress,
     Shutdown,
 )
-from streamer.transport import QueueSettings, ResultCollector, ResultSender, TransportError
+from streamer.transport import EventReporter, QueueSettings, ResultCollector
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class WriterLoop:
         self.finished: OrderedDict[str, tuple[JobPhase, EndOfStream | None]] = OrderedDict()
         self.running = True
         self._last_heartbeat = 0.0
-        self.events = ResultSender(context, settings.events_endpoint, settings.queues, peer_timeout_s=5.0)
+        self.events = EventReporter(context, settings.events_endpoint, settings.queues, sender=f"writer={settings.name}")
         self.collector = ResultCollector(context, settings.collector_endpoint, settings.queues)
         logger.info("writer ready endpoint=%s", self.collector.endpoint)
 
@@ -196,7 +196,7 @@ class WriterLoop:
         job_id = start.job_id
         previous = self.finished.get(job_id)
         if previous is not None and previous[0] is JobPhase.COMPLETE:
-            self._report(previous[1])  # a re-run of a job whose outputs are already complete
+            self.events.report(previous[1])  # a re-run of a job whose outputs are already complete
             return
         job = self.jobs.get(job_id)
         if job is not None:
@@ -228,7 +228,7 @@ class WriterLoop:
                 preset=self.settings.preset,
             )
         except (OSError, ValueError) as exc:
-            self._report(ErrorMessage(code="writer", message=f"cannot create outputs: {exc}", job_id=job_id))
+            self.events.report(ErrorMessage(code="writer", message=f"cannot create outputs: {exc}", job_id=job_id))
             self._remember(job_id, JobPhase.FAILED, None)
             return
         self.jobs[job_id] = WriterJob(start=start, output=output)
@@ -239,9 +239,9 @@ class WriterLoop:
         self._abort(cancel.job_id, JobPhase.CANCELLED, cancel.reason)
         phase, done = self.finished.get(cancel.job_id, (JobPhase.CANCELLED, None))
         if phase is JobPhase.COMPLETE:
-            self._report(done)
+            self.events.report(done)
         else:
-            self._report(Cancel(job_id=cancel.job_id, reason=cancel.reason))
+            self.events.report(Cancel(job_id=cancel.job_id, reason=cancel.reason))
 
     def _frame(self, job: WriterJob, frame: FrameMessage) -> None:
         job.dropped = max(job.dropped, frame.dropped)
@@ -302,7 +302,7 @@ class WriterLoop:
         self._send_progress(job)
         del self.jobs[job_id]
         self._remember(job_id, JobPhase.COMPLETE, done)
-        self._report(done)
+        self.events.report(done)
         logger.info(
             "job=%s complete frames=%d duplicates=%d seconds=%.1f",
             job_id,
@@ -318,7 +318,7 @@ class WriterLoop:
         job.output.abort()
         self._remember(job_id, phase, None)
         if phase is JobPhase.FAILED:
-            self._report(ErrorMessage(code="writer", message=reason, job_id=job_id))
+            self.events.report(ErrorMessage(code="writer", message=reason, job_id=job_id))
         logger.info("job=%s outputs discarded phase=%s reason=%s", job_id, phase.value, reason)
 
     def _remember(self, job_id: str, phase: JobPhase, done: EndOfStream | None) -> None:
@@ -340,7 +340,7 @@ class WriterLoop:
         job.reported_at = time.monotonic()
         job.reported_written = job.written
         elapsed = max(job.reported_at - job.opened_at, 1e-6)
-        self._report(
+        self.events.report(
             Progress(
                 job_id=job.start.job_id,
                 frames_done=job.written,
@@ -354,15 +354,7 @@ class WriterLoop:
         now = time.monotonic()
         if force or now - self._last_heartbeat >= self.settings.heartbeat_s:
             self._last_heartbeat = now
-            self._report(Heartbeat(process=self.settings.name, sent_at=time.time(), jobs=tuple(self.jobs)))
-
-    def _report(self, message: Message | None) -> None:
-        if message is None:
-            return
-        try:
-            self.events.send(message)
-        except TransportError as exc:
-            logger.warning("writer: daemon unreachable, %s not sent: %s", message.KIND.value, exc)
+            self.events.report(Heartbeat(process=self.settings.name, sent_at=time.time(), jobs=tuple(self.jobs)))
 
 
 def run_writer(settings: WriterSettings) -> None:

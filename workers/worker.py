@@ -49,7 +49,7 @@ from streamer.messages import (
     Message,
     Shutdown,
 )
-from streamer.transport import FrameInbox, QueueSettings, ResultSender, TransportError
+from streamer.transport import EventReporter, FrameInbox, QueueSettings, ResultSender, TransportError
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class Worker:
         self.jobs: dict[str, WorkerJob] = {}
         self._stop_requested = False
         self._last_heartbeat = 0.0
-        self.events = ResultSender(context, settings.events_endpoint, settings.queues, peer_timeout_s=5.0)
+        self.events = EventReporter(context, settings.events_endpoint, settings.queues, sender=f"worker={settings.name}")
         self.results = ResultSender(
             context,
             settings.writer_endpoint,
@@ -248,21 +248,13 @@ class Worker:
 
     def _fail(self, job_id: str, code: str, text: str) -> None:
         self.jobs.pop(job_id, None)
-        self._report(ErrorMessage(code=code, message=text, job_id=job_id))
+        self.events.report(ErrorMessage(code=code, message=text, job_id=job_id))
 
     def _heartbeat(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._last_heartbeat >= self.settings.heartbeat_s:
             self._last_heartbeat = now
-            self._report(Heartbeat(process=self.settings.name, sent_at=time.time(), jobs=tuple(self.jobs)))
-
-    def _report(self, message: Message) -> None:
-        try:
-            self.events.send(message)
-        except TransportError as exc:
-            logger.warning(
-                "worker=%s daemon unreachable, %s not sent: %s", self.settings.name, message.KIND.value, exc
-            )
+            self.events.report(Heartbeat(process=self.settings.name, sent_at=time.time(), jobs=tuple(self.jobs)))
 
     def _set_state(self, state: WorkerState) -> None:
         self.state = state
