@@ -142,7 +142,8 @@ class WriterLoop:
         self.finished: OrderedDict[str, tuple[JobPhase, EndOfStream | None]] = OrderedDict()
         self.running = True
         self._last_heartbeat = 0.0
-        self.events = EventReporter(context, settings.events_endpoint, settings.queues, sender=f"writer={settings.name}")
+        self.events = EventReporter(
+            context, settings.events_endpoint, settings.queues, sender=f"writer={settings.name}")
         self.collector = ResultCollector(context, settings.collector_endpoint, settings.queues)
         logger.info("writer ready endpoint=%s", self.collector.endpoint)
 
@@ -228,7 +229,8 @@ class WriterLoop:
                 preset=self.settings.preset,
             )
         except (OSError, ValueError) as exc:
-            self.events.report(ErrorMessage(code="writer", message=f"cannot create outputs: {exc}", job_id=job_id))
+            error = ErrorMessage(code="writer", message=f"cannot create outputs: {exc}", job_id=job_id)
+            self.events.report(error)
             self._remember(job_id, JobPhase.FAILED, None)
             return
         self.jobs[job_id] = WriterJob(start=start, output=output)
@@ -354,7 +356,8 @@ class WriterLoop:
         now = time.monotonic()
         if force or now - self._last_heartbeat >= self.settings.heartbeat_s:
             self._last_heartbeat = now
-            self.events.report(Heartbeat(process=self.settings.name, sent_at=time.time(), jobs=tuple(self.jobs)))
+            heartbeat = Heartbeat(process=self.settings.name, sent_at=time.time(), jobs=tuple(self.jobs))
+            self.events.report(heartbeat)
 
 
 def run_writer(settings: WriterSettings) -> None:

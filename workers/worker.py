@@ -117,7 +117,8 @@ class Worker:
         self.jobs: dict[str, WorkerJob] = {}
         self._stop_requested = False
         self._last_heartbeat = 0.0
-        self.events = EventReporter(context, settings.events_endpoint, settings.queues, sender=f"worker={settings.name}")
+        self.events = EventReporter(
+            context, settings.events_endpoint, settings.queues, sender=f"worker={settings.name}")
         self.results = ResultSender(
             context,
             settings.writer_endpoint,
@@ -254,7 +255,8 @@ class Worker:
         now = time.monotonic()
         if force or now - self._last_heartbeat >= self.settings.heartbeat_s:
             self._last_heartbeat = now
-            self.events.report(Heartbeat(process=self.settings.name, sent_at=time.time(), jobs=tuple(self.jobs)))
+            heartbeat = Heartbeat(process=self.settings.name, sent_at=time.time(), jobs=tuple(self.jobs))
+            self.events.report(heartbeat)
 
     def _set_state(self, state: WorkerState) -> None:
         self.state = state
