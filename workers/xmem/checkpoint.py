@@ -26,6 +26,8 @@ ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_MAGIC = b"\x80"
 VALUE_CONV1 = "value_encoder.conv1.weight"
 SINGLE_OBJECT_CHANNELS = 4
+RESNET_FIRST_BLOCK = "key_encoder.res2.0.conv1.weight"
+LITE_STEM = "key_encoder.stem.0.weight"
 
 
 class CheckpointError(ValueError):
@@ -87,16 +89,18 @@ def is_tensor_mapping(value: object) -> bool:
 
 
 def spec_from_state_dict(state: Mapping[str, torch.Tensor]) -> NetworkSpec:
-    """Read sizes from tensor shapes (spec 1.1); the key encoder's block type gives the variant."""
+    """Read sizes from tensor shapes (spec 1.1); the key encoder's first block gives the variant."""
     required = {
         "key_proj.key_proj.weight": "key_dim",
         "value_encoder.fuser.block2.conv2.weight": "value_dim",
-        "key_encoder.res2.0.conv1.weight": "the key encoder trunk",
         "decoder.fuser.block2.conv2.weight": "the decoder width at 1/16",
         "decoder.up_16_8.out_conv.conv2.weight": "the decoder width at 1/8",
         "decoder.up_8_4.out_conv.conv2.weight": "the decoder width at 1/4",
     }
     missing = [f"{key} ({meaning})" for key, meaning in required.items() if key not in state]
+    variant = key_encoder_variant(state)
+    if variant is None:
+        missing.insert(2, f"{RESNET_FIRST_BLOCK} or {LITE_STEM} (the key encoder trunk)")
     if missing:
         hint = ""
         if all(key.startswith("module.") for key in state):
@@ -104,8 +108,7 @@ def spec_from_state_dict(state: Mapping[str, torch.Tensor]) -> NetworkSpec:
         raise CheckpointError(
             f"not an XMem state dict: {len(missing)} key(s) needed to infer the network are missing: "
             f"{', '.join(missing)}{hint}")
-    variant = "official" if "key_encoder.res2.0.conv3.weight" in state else "small"
-    preset = NetworkSpec.official() if variant == "official" else NetworkSpec.small()
+    preset = NetworkSpec.preset(variant)
     transform = state.get("decoder.hidden_update.transform.weight")
     update = state.get("decoder.hidden_update.g16_conv.weight")
     try:
@@ -121,6 +124,15 @@ def spec_from_state_dict(state: Mapping[str, torch.Tensor]) -> NetworkSpec:
         )
     except (ValueError, IndexError) as error:
         raise CheckpointError(f"not an XMem state dict: inconsistent sizes ({error})") from error
+
+
+def key_encoder_variant(state: Mapping[str, torch.Tensor]) -> str | None:
+    """"official" (ResNet-50 bottlenecks), "small" (ResNet-18 basic blocks), "lite" (EfficientNet-Lite0)."""
+    if LITE_STEM in state:
+        return "lite"
+    if RESNET_FIRST_BLOCK in state:
+        return "official" if "key_encoder.res2.0.conv3.weight" in state else "small"
+    return None
 
 
 def pad_single_object(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ Everything random comes from one generator seeded by `seed`, so a seed gives bit
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,9 +89,10 @@ def draw_weights(network: XMemNetwork, options: InitOptions, generator: torch.Ge
 
 
 @contextmanager
-def batchnorm_calibration(network: XMemNetwork) -> Iterator[None]:
-    """BatchNorm layers accumulate a plain average of batch statistics while inside; the rest is in eval."""
-    norms = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d)]
+def batchnorm_calibration(network: XMemNetwork, keep: nn.Module | None = None) -> Iterator[None]:
+    """BatchNorm layers (but those inside ``keep``) average batch statistics while inside; the rest is in eval."""
+    kept = set(keep.modules()) if keep is not None else set()
+    norms = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d) and m not in kept]
     network.eval()
     for norm in norms:
         norm.reset_running_stats()
@@ -105,9 +106,10 @@ def batchnorm_calibration(network: XMemNetwork) -> Iterator[None]:
         network.eval()
 
 
-def calibrate_batchnorm(network: XMemNetwork, batches: list[CalibrationBatch]) -> None:
-    """Set running statistics of both trunks from the calibration images and masks."""
-    with batchnorm_calibration(network):
+def calibrate_batchnorm(network: XMemNetwork, batches: list[CalibrationBatch],
+                        keep: nn.Module | None = None) -> None:
+    """Set running statistics of both trunks (but ``keep``) from the calibration images and masks."""
+    with batchnorm_calibration(network, keep):
         for batch in batches:
             f16 = network.key_encoder(batch.images)[0]
             network.encode_value(batch.images, f16, None, batch.masks, deep_update=False)
@@ -169,15 +171,21 @@ def calibrate_heads(network: XMemNetwork, batches: list[CalibrationBatch], optio
 
 
 @torch.no_grad()
-def make_random_network(spec: NetworkSpec | None = None, seed: int = 0,
-                        options: InitOptions | None = None) -> XMemNetwork:
-    """A calibrated random network in eval mode; the same seed and options give identical weights."""
+def make_random_network(spec: NetworkSpec | None = None, seed: int = 0, options: InitOptions | None = None,
+                        key_encoder_state: Mapping[str, torch.Tensor] | None = None) -> XMemNetwork:
+    """A calibrated random network in eval mode; the same seed and options give identical weights.
+
+    ``key_encoder_state`` (e.g. ImageNet weights) replaces the drawn key encoder before calibration, which
+    then leaves its BatchNorm statistics alone and scales the heads to its features.
+    """
     options = options or InitOptions()
     generator = torch.Generator().manual_seed(seed)
     network = empty_network(spec or NetworkSpec())
     draw_weights(network, options, generator)
+    if key_encoder_state is not None:
+        network.key_encoder.load_state_dict(key_encoder_state, strict=True)
     batches = calibration_batches(options, generator)
-    calibrate_batchnorm(network, batches)
+    calibrate_batchnorm(network, batches, keep=network.key_encoder if key_encoder_state is not None else None)
     calibrate_heads(network, batches, options)
     return network.eval()
 

@@ -7,6 +7,7 @@ Shapes: H, W are padded to multiples of 16; h, w = H/16, W/16; N = number of obj
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workers.xmem.aggregate import aggregated_log_odds
-from workers.xmem.backbones import KeyEncoder, ValueTrunk, trunk_dims
+from workers.xmem.backbones import LITE_DIMS, KeyEncoder, LiteKeyEncoder, ValueTrunk, trunk_dims
 from workers.xmem.modules import (
     FeatureFusionBlock,
     HiddenReinforcer,
@@ -27,8 +28,10 @@ from workers.xmem.modules import (
     unfold,
 )
 
-Variant = Literal["official", "small"]
+Variant = Literal["official", "small", "lite"]
 KEY_ENCODER_DEPTH: dict[str, int] = {"official": 50, "small": 18}
+"""ResNet depth of the key encoder of the ResNet variants; "lite" uses an EfficientNet-Lite0 trunk."""
+VARIANTS = ("official", "small", "lite")
 VALUE_TRUNK_DIM = 256
 """Output channels of the value encoder's ResNet-18 trunk (both variants)."""
 
@@ -38,7 +41,7 @@ class NetworkSpec:
     """Everything that fixes the network's shapes; all of it can be read back from a state dict.
 
     variant picks the key-encoder trunk: "official" = ResNet-50 (f16/f8/f4 = 1024/512/256 channels),
-    "small" = ResNet-18 (256/128/64). decoder_dims are the decoder widths at 1/16, 1/8 and 1/4;
+    "small" = ResNet-18 (256/128/64), "lite" = EfficientNet-Lite0 (112/40/24; ImageNet weights installable). decoder_dims are the decoder widths at 1/16, 1/8 and 1/4;
     update_dim is the width the decoder GRU's three inputs are projected to. hidden_dim 0 = no sensory memory.
     """
 
@@ -50,8 +53,8 @@ class NetworkSpec:
     update_dim: int = 256
 
     def __post_init__(self) -> None:
-        if self.variant not in KEY_ENCODER_DEPTH:
-            raise ValueError(f"unknown variant {self.variant!r}; expected one of {sorted(KEY_ENCODER_DEPTH)}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; expected one of {list(VARIANTS)}")
         widths = (self.key_dim, self.value_dim, self.update_dim, *self.decoder_dims)
         if len(self.decoder_dims) != 3 or min(widths) <= 0 or self.hidden_dim < 0:
             raise ValueError(f"invalid network widths: {self}")
@@ -69,10 +72,29 @@ class NetworkSpec:
             decoder_dims=(256, 128, 64), update_dim=128,
         )
 
+    @classmethod
+    def lite(cls, hidden_dim: int = 32) -> NetworkSpec:
+        """The small layout on an EfficientNet-Lite0 key encoder: what the bundled model uses."""
+        return dataclasses.replace(cls.small(hidden_dim), variant="lite")
+
+    @classmethod
+    def preset(cls, variant: str, hidden_dim: int | None = None) -> NetworkSpec:
+        """The named variant's default layout, with ``hidden_dim`` when given."""
+        presets = {"official": cls.official, "small": cls.small, "lite": cls.lite}
+        if variant not in presets:
+            raise ValueError(f"unknown variant {variant!r}; expected one of {list(VARIANTS)}")
+        return presets[variant]() if hidden_dim is None else presets[variant](hidden_dim)
+
     @property
     def feature_dims(self) -> tuple[int, int, int]:
         """Channels of the key encoder's (f16, f8, f4)."""
+        if self.variant == "lite":
+            return LITE_DIMS
         return trunk_dims(KEY_ENCODER_DEPTH[self.variant])
+
+    def key_encoder(self) -> nn.Module:
+        """A fresh key-encoder trunk of this variant."""
+        return LiteKeyEncoder() if self.variant == "lite" else KeyEncoder(KEY_ENCODER_DEPTH[self.variant])
 
 
 class ValueEncoder(ValueTrunk):
@@ -147,7 +169,7 @@ class XMemNetwork(nn.Module):
     def __init__(self, spec: NetworkSpec | None = None) -> None:
         super().__init__()
         self.spec = spec or NetworkSpec()
-        self.key_encoder = KeyEncoder(KEY_ENCODER_DEPTH[self.spec.variant])
+        self.key_encoder = self.spec.key_encoder()
         self.value_encoder = ValueEncoder(self.spec)
         self.key_proj = KeyProjection(self.spec.feature_dims[0], self.spec.key_dim)
         self.decoder = Decoder(self.spec)
