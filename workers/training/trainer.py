@@ -39,7 +39,7 @@ from rich.progress import (
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from workers.training.augment import ClipAugmentation
+from workers.training.augment import ClipAugmentation, video_augmentation
 from workers.training.config import DataSource, StageConfig, TrainConfig, parse_stages
 from workers.training.curves import LossLog, LossRow, plot_curves
 from workers.training.datasets import (
@@ -58,6 +58,7 @@ from workers.training.datasets import (
 from workers.training.losses import bootstrap_fraction, clip_loss
 from workers.training.model import TrainingXMem, draw_plan
 from workers.training.synthetic import SyntheticConfig
+from workers.xmem.backbones import OTHERS_CHANNEL
 from workers.xmem.checkpoint import load_network, save_state_dict
 from workers.xmem.init import make_random_network
 from workers.xmem.network import NetworkSpec, XMemNetwork
@@ -126,8 +127,7 @@ def derive_seed(*parts: int) -> int:
 
 def default_spec(config: TrainConfig) -> NetworkSpec:
     """The variant's layout, with the run's hidden_dim when given."""
-    preset = NetworkSpec.official if config.variant == "official" else NetworkSpec.small
-    return preset() if config.hidden_dim is None else preset(config.hidden_dim)
+    return NetworkSpec.preset(config.variant, config.hidden_dim)
 
 
 def training_network(source: XMemNetwork) -> TrainingXMem:
@@ -144,8 +144,44 @@ def initial_network(config: TrainConfig, weights: Path | None) -> TrainingXMem:
     if weights is not None:
         log.info("starting from %s", weights)
         return training_network(load_network(weights))
-    log.info("starting from calibrated random weights (%s variant)", config.variant)
-    return training_network(make_random_network(default_spec(config), seed=config.seed))
+    spec = default_spec(config)
+    key_encoder_state = None
+    if spec.variant == "lite":
+        from workers.training.pretrained import PretrainedWeightsError, lite0_imagenet_state
+
+        try:
+            key_encoder_state = lite0_imagenet_state()
+        except PretrainedWeightsError as error:
+            raise TrainingError(str(error)) from error
+    log.info("starting from calibrated random weights (%s variant%s)", config.variant,
+             ", ImageNet key encoder" if key_encoder_state else "")
+    network = make_random_network(spec, seed=config.seed, key_encoder_state=key_encoder_state)
+    if key_encoder_state is not None:
+        silence_others_channel(network)
+    return training_network(network)
+
+
+@torch.no_grad()
+def silence_others_channel(network: XMemNetwork) -> None:
+    """Zero the value encoder's weights on the "other objects" input, as XMem zero-initialises the mask
+    channels it adds to a pretrained trunk: single-object data never drives that input, so random weights
+    there would stay untrained and perturb every multi-object video."""
+    network.value_encoder.conv1.weight[:, OTHERS_CHANNEL] = 0
+
+
+def freeze_parameters(network: torch.nn.Module, prefixes: tuple[str, ...]) -> None:
+    """Keep the parameters whose names start with one of ``prefixes`` fixed; an unmatched prefix is an error."""
+    names = [name for name, _ in network.named_parameters()]
+    unmatched = [prefix for prefix in prefixes if not any(name.startswith(prefix) for name in names)]
+    if unmatched:
+        raise TrainingError(f"--freeze: no parameter name starts with {', '.join(unmatched)}")
+    frozen = 0
+    for name, parameter in network.named_parameters():
+        if name.startswith(prefixes):
+            parameter.requires_grad_(False)
+            frozen += parameter.numel()
+    if prefixes:
+        log.info("frozen: %s (%.2fM parameters)", ", ".join(prefixes), frozen / 1e6)
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -182,7 +218,7 @@ def build_dataset(config: TrainConfig, stage: StageConfig, max_skip: int, finetu
     render_side = int(round(config.crop_size * 1.25))
     source: DataSource | None = stage.source
     if source == "video":
-        dataset = video_dataset(config, stage, augmentation, max_skip, finetune)
+        dataset = video_dataset(config, stage, video_augmentation(config.crop_size), max_skip, finetune)
         if dataset is not None:
             return dataset
         source = fallback(stage, "--davis-root / --yv-root")
@@ -358,6 +394,7 @@ class Trainer:
             self.step = int(resume["step"])
         else:
             network = initial_network(config, config.load_network)
+        freeze_parameters(network, config.frozen)
         network.to(self.ctx.device)
         final = self.folder / f"{stage_prefix(config, self.stages, len(self.stages) - 1)}.pth"
         for index, name in enumerate(self.stages):
