@@ -7,12 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers.xmem.checkpoint import CheckpointError, load_network, save_state_dict, spec_from_state_dict
+from workers.xmem.checkpoint import (
+    LITE_STEM,
+    RESNET_FIRST_BLOCK,
+    CheckpointError,
+    key_encoder_variant,
+    load_network,
+    save_state_dict,
+    spec_from_state_dict,
+)
 from workers.xmem.init import calibrated_random_state_dict, make_random_network, write_random_checkpoint
 from workers.xmem.network import NetworkSpec, XMemNetwork
 
 H, W = 48, 64
 SMALL = NetworkSpec.small()
+LITE = NetworkSpec.lite()
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +207,56 @@ def test_many_missing_keys_are_summarised(small_state: dict[str, torch.Tensor]) 
 def test_non_float_weights_are_reported(small_state: dict[str, torch.Tensor]) -> None:
     state = {**small_state, "decoder.pred.weight": small_state["decoder.pred.weight"].long()}
     expect_error(state, "not floating point", "decoder.pred.weight")
+
+
+# ----------------------------------------------------------------------------------------------- lite variant
+
+
+def meta_state(spec: NetworkSpec) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        return XMemNetwork(spec).state_dict()
+
+
+def test_lite_network_round_trip(tmp_path: Path) -> None:
+    network = make_random_network(LITE, seed=4)
+    outputs = run_all_steps(network, objects=3)
+    key, shrinkage, selection, f16, value, logits, prob, hidden, new_hidden = outputs
+    assert f16.shape == (1, 112, H // 16, W // 16) and key.shape == (1, 64, H // 16, W // 16)
+    assert value.shape == (1, 3, 256, H // 16, W // 16) and prob.shape == (1, 4, H, W)
+    assert new_hidden.shape == hidden.shape == (1, 3, 32, H // 16, W // 16)
+    assert all(torch.isfinite(t).all() for t in outputs)
+    *_, f8, f4 = network.encode_key(torch.zeros(1, 3, H, W), need_shrinkage=False, need_selection=False)
+    assert f8.shape == (1, 40, H // 8, W // 8) and f4.shape == (1, 24, H // 4, W // 4)
+    path = save_state_dict(network, tmp_path / "lite.pth")
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert key_encoder_variant(raw) == "lite" and LITE_STEM in raw and RESNET_FIRST_BLOCK not in raw
+    assert spec_from_state_dict(raw) == LITE
+    loaded = load_network(path)
+    assert loaded.spec == LITE and not loaded.training
+    assert_same_outputs(network, loaded)
+    assert_same_outputs(network, load_network(raw))
+
+
+def test_lite_spec_is_read_from_shapes() -> None:
+    for spec in (LITE, NetworkSpec.lite(hidden_dim=0),
+                 NetworkSpec(key_dim=32, value_dim=128, hidden_dim=16, variant="lite",
+                             decoder_dims=(96, 48, 24), update_dim=40)):
+        assert spec_from_state_dict(meta_state(spec)) == spec
+
+
+def test_key_encoder_variant_of_each_layout() -> None:
+    assert key_encoder_variant(meta_state(NetworkSpec())) == "official"
+    assert key_encoder_variant(meta_state(SMALL)) == "small"
+    assert key_encoder_variant(meta_state(LITE)) == "lite"
+    assert key_encoder_variant({"decoder.pred.weight": torch.zeros(1)}) is None
+
+
+@pytest.mark.parametrize("spec", [SMALL, LITE], ids=["small", "lite"])
+def test_missing_key_encoder_trunk_names_both_trunk_keys(spec: NetworkSpec) -> None:
+    state = {k: v for k, v in meta_state(spec).items() if k not in (RESNET_FIRST_BLOCK, LITE_STEM)}
+    assert key_encoder_variant(state) is None
+    with pytest.raises(CheckpointError) as caught:
+        spec_from_state_dict(state)
+    message = str(caught.value)
+    assert "not an XMem state dict: 1 key(s)" in message, message
+    assert f"{RESNET_FIRST_BLOCK} or {LITE_STEM} (the key encoder trunk)" in message, message

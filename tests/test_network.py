@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.xmem.aggregate import aggregate
+from workers.xmem.backbones import LITE_DIMS, LiteKeyEncoder
 from workers.xmem.init import make_random_network
 from workers.xmem.modules import SpatialGate, gru_step, resize_groups
 from workers.xmem.network import NetworkSpec, XMemNetwork, others_masks
@@ -24,6 +25,11 @@ def official() -> XMemNetwork:
 @pytest.fixture(scope="module")
 def small() -> XMemNetwork:
     return make_random_network(NetworkSpec.small(), seed=0)
+
+
+@pytest.fixture(scope="module")
+def lite() -> XMemNetwork:
+    return make_random_network(NetworkSpec.lite(), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -349,3 +355,100 @@ def test_calibrated_init_gives_usable_outputs(official: XMemNetwork) -> None:
     assert prob.std(dim=(2, 3)).min() > 0.01  # varies over the image for every class
     assert prob.max() > 0.5
 
+
+# ----------------------------------------------------------------------------------------------- lite variant
+
+
+def test_lite_spec_is_the_small_layout_on_an_efficientnet_trunk() -> None:
+    spec = NetworkSpec.lite()
+    small = NetworkSpec.small()
+    assert spec.variant == "lite" and spec.feature_dims == LITE_DIMS == (112, 40, 24)
+    assert (spec.key_dim, spec.value_dim, spec.hidden_dim, spec.decoder_dims, spec.update_dim) == (
+        small.key_dim, small.value_dim, small.hidden_dim, small.decoder_dims, small.update_dim)
+    assert NetworkSpec.lite(hidden_dim=0).hidden_dim == 0
+    assert NetworkSpec.preset("lite") == spec and NetworkSpec.preset("lite", 8) == NetworkSpec.lite(8)
+    assert NetworkSpec.preset("small") == small and NetworkSpec.preset("official") == NetworkSpec()
+    assert NetworkSpec.preset("official", 0) == NetworkSpec.official(hidden_dim=0)
+    with pytest.raises(ValueError, match="lite"):
+        NetworkSpec.preset("large")
+    shapes = layout(spec)
+    assert tuple(shapes["key_encoder.stem.0.weight"]) == (32, 3, 3, 3)
+    assert tuple(shapes["key_encoder.stride16.5.project.0.weight"]) == (112, 672, 1, 1)
+    assert not any(name.startswith(("key_encoder.res2", "key_encoder.conv1")) for name in shapes)
+    assert tuple(shapes["key_proj.key_proj.weight"]) == (64, 112, 3, 3)
+    small_shapes = layout(small)
+    # besides the key encoder, only the layers that read its features (f16, f8, f4) differ from small
+    rest = {name for name in shapes if not name.startswith("key_encoder.")}
+    assert rest == {name for name in small_shapes if not name.startswith("key_encoder.")}
+    assert {name for name in rest if shapes[name] != small_shapes[name]} == {
+        "key_proj.key_proj.weight", "key_proj.d_proj.weight", "key_proj.e_proj.weight",
+        "value_encoder.fuser.block1.conv1.weight", "value_encoder.fuser.block1.downsample.weight",
+        "decoder.fuser.block1.conv1.weight", "decoder.fuser.block1.downsample.weight",
+        "decoder.up_16_8.skip_conv.weight", "decoder.up_8_4.skip_conv.weight"}
+    with torch.device("meta"):
+        counts = {name: sum(p.numel() for p in XMemNetwork(s).key_encoder.parameters())
+                  for name, s in (("lite", spec), ("small", small))}
+    assert counts["lite"] < counts["small"] / 3
+
+
+def test_lite_key_encoder_features_have_strides_16_8_4() -> None:
+    encoder = LiteKeyEncoder().eval()
+    with torch.no_grad():
+        f16, f8, f4 = encoder(image(0, batch=2, size=(64, 96)))
+    assert (f16.shape, f8.shape, f4.shape) == ((2, 112, 4, 6), (2, 40, 8, 12), (2, 24, 16, 24))
+    assert len(encoder.stride16) == 6 and not encoder.stride16[0].residual and encoder.stride16[1].residual
+
+
+@torch.no_grad()
+def test_lite_network_runs_every_step(lite: XMemNetwork) -> None:
+    assert not lite.training and lite.spec == NetworkSpec.lite()
+    size = (80, 112)
+    h, w = size[0] // 16, size[1] // 16
+    frames = image(10, 2, size)
+    key, shrinkage, selection, f16, f8, f4 = lite.encode_key(frames, need_shrinkage=True, need_selection=True)
+    assert key.shape == selection.shape == (2, 64, h, w) and shrinkage.shape == (2, 1, h, w)
+    assert (f16.shape, f8.shape, f4.shape) == (
+        (2, 112, h, w), (2, 40, 2 * h, 2 * w), (2, 24, 4 * h, 4 * w))
+    hidden = torch.zeros(2, 3, lite.spec.hidden_dim, h, w)
+    value, hidden = lite.encode_value(frames, f16, hidden, box_masks(3, 2, size), deep_update=True)
+    assert value.shape == (2, 3, 256, h, w) and hidden.shape == (2, 3, 32, h, w)
+    new_hidden, logits, prob = lite.segment(f16, f8, f4, hidden, value, update_hidden=True)
+    assert new_hidden.shape == hidden.shape and logits.shape == prob.shape == (2, 4, *size)
+    assert torch.isfinite(logits).all() and torch.allclose(prob.sum(dim=1), torch.ones(2, *size), atol=1e-5)
+    assert prob.std(dim=(2, 3)).min() > 0.01
+
+
+@torch.no_grad()
+def test_given_lite_key_encoder_is_kept_and_the_rest_calibrated(lite: XMemNetwork) -> None:
+    given = {name: tensor.clone() for name, tensor in lite.key_encoder.state_dict().items()}
+    for name, tensor in given.items():  # weights and statistics that no calibration of this seed gives
+        if name.endswith("running_mean"):
+            tensor.add_(0.05)
+        elif name.endswith("running_var"):
+            tensor.mul_(1.5)
+        elif name.endswith("num_batches_tracked"):
+            tensor.fill_(1234)
+        elif name.endswith(".0.weight"):  # conv weights
+            tensor.mul_(0.9)
+    expected = {name: tensor.clone() for name, tensor in given.items()}
+    network = make_random_network(NetworkSpec.lite(), seed=0, key_encoder_state=given)
+    kept = network.key_encoder.state_dict()
+    assert kept.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(kept[name], tensor), name
+        assert torch.equal(given[name], tensor), name  # the caller's tensors are not modified
+    # the rest is the seed's draw, calibrated: the value trunk's BatchNorm does not see the key encoder,
+    # while the heads are rescaled to the given encoder's features
+    state, plain = network.state_dict(), lite.state_dict()
+    for name in state:
+        if name.startswith("value_encoder.") and "running_" in name:
+            assert torch.equal(state[name], plain[name]), name
+    assert torch.equal(state["value_encoder.conv1.weight"], plain["value_encoder.conv1.weight"])
+    for name in ("key_proj.key_proj.weight", "key_proj.e_proj.bias", "decoder.pred.weight"):
+        assert not torch.equal(state[name], plain[name]), name
+    key, shrinkage, _, f16, f8, f4 = network.encode_key(image(11), need_shrinkage=True, need_selection=False)
+    assert 0.3 < key.std() < 3 and shrinkage.min() >= 1
+    value, _ = network.encode_value(image(11), f16, None, box_masks(2), deep_update=False)
+    hidden = torch.zeros(1, 2, network.spec.hidden_dim, H // 16, W // 16)
+    _, _, prob = network.segment(f16, f8, f4, hidden, value, update_hidden=False)
+    assert torch.isfinite(prob).all() and prob.std(dim=(2, 3)).min() > 0.01

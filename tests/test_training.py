@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
 import os
@@ -16,6 +18,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from workers.training.augment import ClipAugmentation, video_augmentation
 from workers.training.commands import plot_command, train_command
 from workers.training.config import DEFAULT_STAGES, TrainConfig
 from workers.training.losses import (
@@ -26,17 +29,28 @@ from workers.training.losses import (
     frame_loss,
 )
 from workers.training.model import anisotropic_similarity, draw_plan, object_selector, read_memory
+from workers.training.pretrained import (
+    PretrainedWeightsError,
+    convert_lite0,
+    fold_normalisation,
+    lite0_imagenet_state,
+    lite0_weights_path,
+)
 from workers.training.trainer import (
     STATE_FILE,
     TrainingError,
+    freeze_parameters,
+    initial_network,
     read_training_state,
     train,
     training_network,
     warn_unmatched_held_out,
 )
+from workers.xmem.backbones import LITE_BN_EPS, OTHERS_CHANNEL, LiteKeyEncoder
 from workers.xmem.checkpoint import load_network
 from workers.xmem.init import make_random_network
 from workers.xmem.network import NetworkSpec
+from workers.xmem.session import IMAGENET_MEAN, IMAGENET_STD
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(variant="small", iterations=2, batch_size=2, crop_size=64, num_workers=0, device="cpu",
@@ -291,3 +305,174 @@ def test_held_out_names_matching_no_sequence_are_reported(
         warn_unmatched_held_out(config)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].endswith(": dgo")
+
+
+# ----------------------------------------------------------------------------- lite variant: ImageNet weights
+
+
+def to_minus_one_one(x: torch.Tensor) -> torch.Tensor:
+    """The [-1, 1] input the EfficientNet weights expect, from an ImageNet-normalised image."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(1, 3, 1, 1)
+    return 2 * (std * x + mean) - 1
+
+
+@torch.no_grad()
+def test_fold_normalisation_is_exact_away_from_the_border() -> None:
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(32, 3, 3, 3, generator=generator, dtype=torch.float64)
+    norm = torch.nn.BatchNorm2d(32, eps=LITE_BN_EPS).double().eval()
+    norm.weight.copy_(torch.rand(32, generator=generator) + 0.5)
+    norm.bias.copy_(torch.randn(32, generator=generator))
+    norm.running_mean.copy_(torch.randn(32, generator=generator))
+    norm.running_var.copy_(torch.rand(32, generator=generator) + 0.5)
+    x = torch.randn(2, 3, 32, 48, generator=generator, dtype=torch.float64)
+    reference = norm(F.conv2d(to_minus_one_one(x), weight, stride=2, padding=1))
+    folded_weight, folded_mean = fold_normalisation(weight, norm.running_mean)
+    assert folded_weight.shape == weight.shape and folded_mean.shape == (32,)
+    assert not torch.equal(folded_weight, weight)
+    folded_norm = copy.deepcopy(norm)
+    folded_norm.running_mean.copy_(folded_mean)
+    folded = folded_norm(F.conv2d(x, folded_weight, stride=2, padding=1))
+    assert folded.shape == reference.shape == (2, 32, 16, 24)
+    # output row/column 0 read the zero padding above/left of the image; every other pixel is exact
+    assert torch.allclose(folded[..., 1:, 1:], reference[..., 1:, 1:], rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(folded[..., 0, :], reference[..., 0, :], atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def lite0_raw() -> dict[str, torch.Tensor]:
+    return torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+
+
+@torch.no_grad()
+def test_installed_lite0_weights_convert_to_the_lite_key_encoder(lite0_raw: dict[str, torch.Tensor]) -> None:
+    assert lite0_weights_path().name == "efficientnet-lite0-57934424.pth"
+    raw_stem = lite0_raw["_conv_stem.weight"].clone()
+    converted = convert_lite0(lite0_raw)
+    assert torch.equal(lite0_raw["_conv_stem.weight"], raw_stem), "the source state dict is not modified"
+    encoder = LiteKeyEncoder()
+    encoder.load_state_dict(converted, strict=True)
+    assert converted.keys() == encoder.state_dict().keys()
+    assert torch.equal(converted["stride16.5.project.1.running_var"],
+                       lite0_raw["_blocks.10._bn2.running_var"])
+    depthwise = lite0_raw["_blocks.0._depthwise_conv.weight"]
+    assert torch.equal(converted["stride2.0.depthwise.0.weight"], depthwise)
+    weight, mean = fold_normalisation(lite0_raw["_conv_stem.weight"], lite0_raw["_bn0.running_mean"])
+    assert torch.equal(converted["stem.0.weight"], weight)
+    assert torch.equal(converted["stem.1.running_mean"], mean)
+    assert torch.equal(converted["stem.1.running_var"], lite0_raw["_bn0.running_var"])
+    # the converted encoder on ImageNet-normalised frames = the original weights on [-1, 1] frames, except
+    # within the reach of the stem's border (three f4 pixels)
+    original = LiteKeyEncoder().eval()
+    original.load_state_dict({**converted, "stem.0.weight": lite0_raw["_conv_stem.weight"],
+                              "stem.1.running_mean": lite0_raw["_bn0.running_mean"]}, strict=True)
+    encoder.eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    ours, theirs = encoder(x)[2], original(to_minus_one_one(x))[2]
+    assert torch.allclose(ours[..., 3:, 3:], theirs[..., 3:, 3:], atol=1e-4)
+    assert theirs.abs().max() > 0.1
+
+
+def test_lite0_state_with_a_missing_or_misshapen_block_is_refused(lite0_raw: dict[str, torch.Tensor]) -> None:
+    without = {name: tensor for name, tensor in lite0_raw.items() if not name.startswith("_blocks.3.")}
+    with pytest.raises(PretrainedWeightsError, match="EfficientNet-Lite0 tensors up to stride 16"):
+        convert_lite0(without)
+    misshapen = {**lite0_raw, "_blocks.4._project_conv.weight": torch.zeros(24, 144, 3, 3)}
+    with pytest.raises(PretrainedWeightsError, match="_blocks.4._project_conv.weight"):
+        convert_lite0(misshapen)
+
+
+def test_lite0_imagenet_state_reads_the_installed_package(lite0_raw: dict[str, torch.Tensor]) -> None:
+    state = lite0_imagenet_state()
+    expected = convert_lite0(lite0_raw)
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[name], expected[name]) for name in expected)
+
+
+@pytest.fixture(scope="module")
+def lite_initial() -> torch.nn.Module:
+    """The lite variant's starting network with the default seed (what `vosd train --variant lite` uses)."""
+    return initial_network(TrainConfig(variant="lite"), None)
+
+
+def test_lite_initial_network_has_the_imagenet_key_encoder_and_a_silent_others_channel(
+    lite_initial: torch.nn.Module,
+) -> None:
+    assert lite_initial.spec == NetworkSpec.lite()
+    imagenet = lite0_imagenet_state()
+    kept = lite_initial.key_encoder.state_dict()
+    assert all(torch.equal(kept[name], imagenet[name]) for name in imagenet)
+    weight = lite_initial.value_encoder.conv1.weight
+    assert OTHERS_CHANNEL == 4 and weight.shape[1] == 5
+    assert torch.equal(weight[:, OTHERS_CHANNEL], torch.zeros_like(weight[:, OTHERS_CHANNEL]))
+    assert all(weight[:, channel].abs().sum() > 0 for channel in range(OTHERS_CHANNEL))
+
+
+# ------------------------------------------------------------------------------------ freezing and overrides
+
+
+def test_freeze_parameters_fixes_matching_prefixes_only(small_network: torch.nn.Module) -> None:
+    network = copy.deepcopy(small_network)
+    prefixes = ("key_encoder.conv1", "key_encoder.bn1", "decoder.pred")
+    freeze_parameters(network, prefixes)
+    frozen = {name for name, p in network.named_parameters() if not p.requires_grad}
+    assert frozen == {"key_encoder.conv1.weight", "key_encoder.bn1.weight", "key_encoder.bn1.bias",
+                      "decoder.pred.weight", "decoder.pred.bias"}
+    assert sum(1 for _ in network.named_parameters()) > len(frozen)
+    other = copy.deepcopy(small_network)
+    with pytest.raises(TrainingError, match="no parameter name starts with key_encoder.nope"):
+        freeze_parameters(other, ("key_encoder.conv1", "key_encoder.nope"))
+    assert all(p.requires_grad for p in other.parameters()), "nothing is frozen when a prefix is unmatched"
+    freeze_parameters(other, ())
+    assert all(p.requires_grad for p in other.parameters())
+
+
+def test_max_objects_and_frozen_overrides() -> None:
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="max_objects"):
+            TrainConfig(max_objects=bad)
+    assert TrainConfig().stage("3").max_objects == DEFAULT_STAGES["3"].max_objects == 3
+    one = TrainConfig(max_objects=1)
+    assert one.stage("3").max_objects == 1 and one.stage("0").max_objects == 1
+    config = TrainConfig(stages="3", variant="lite", max_objects=2,
+                         frozen=("key_encoder.stem", "key_encoder.stride4"))
+    plain = config.to_dict()
+    assert plain["frozen"] == ["key_encoder.stem", "key_encoder.stride4"] and plain["max_objects"] == 2
+    again = TrainConfig.from_dict(plain)
+    assert again == config and again.frozen == ("key_encoder.stem", "key_encoder.stride4")
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).frozen == ()
+
+
+def test_video_crops_keep_xmem_object_scale() -> None:
+    half = video_augmentation(192)
+    assert half.crop_size == 192 and half.crop_scale == pytest.approx((0.36 / 4, 1 / 4))
+    assert video_augmentation(96).crop_scale == pytest.approx((0.36 / 16, 1 / 16))
+    assert dataclasses.replace(half, crop_size=384, crop_scale=(0.36, 1.0)) == ClipAugmentation()
+    for size in (384, 480, 768):
+        assert video_augmentation(size) == ClipAugmentation(crop_size=size)
+        assert video_augmentation(size).crop_scale == (0.36, 1.0)
+
+
+def test_lite_cli_run_with_frozen_stem_and_one_object(tmp_path: Path, lite_initial: torch.nn.Module) -> None:
+    options = ["train", "--stage", "0", "--variant", "lite", "--iterations", "2", "--batch-size", "2",
+               "--crop-size", "64", "--num-workers", "0", "--device", "cpu", "--log-every", "1",
+               "--output-dir", str(tmp_path), "--exp-id", "lite"]
+    result = CliRunner().invoke(cli(), [*options, "--max-objects", "0"])
+    assert result.exit_code == 2 and "max_objects" in result.output
+    result = CliRunner().invoke(cli(), [*options, "--max-objects", "1", "--freeze", "key_encoder.stem"])
+    assert result.exit_code == 0, result.output
+    state = read_training_state(tmp_path / "lite")
+    assert state["config"]["frozen"] == ["key_encoder.stem"] and state["config"]["max_objects"] == 1
+    network = load_network(tmp_path / "lite" / "lite_s0.pth")
+    assert network.spec == NetworkSpec.lite()
+    trained, initial = network.state_dict(), lite_initial.state_dict()
+    assert trained.keys() == initial.keys()
+    stem = [name for name in initial if name.startswith("key_encoder.stem.")]
+    assert len(stem) == 6
+    for name in stem:
+        assert torch.equal(trained[name], initial[name]), name
+    parameters = {name for name, _ in lite_initial.named_parameters()}
+    changed = {name for name in parameters if not torch.equal(trained[name], initial[name])}
+    assert parameters - changed == {"key_encoder.stem.0.weight", "key_encoder.stem.1.weight",
+                                    "key_encoder.stem.1.bias"}, "every parameter but the frozen ones moved"
