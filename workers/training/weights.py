@@ -25,8 +25,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 REGISTRY_FILE = "registry.json"
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "vosd-small.pth"
-"""The small model shipped inside the package (trained with `vosd train --variant small`)."""
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "vosd-lite.pth"
+"""The model shipped inside the package (lite variant; workers/weights/README.md says how it was trained)."""
 CHUNK_SIZE = 1 << 20
 
 
