@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from workers.xmem.modules import (
 Variant = Literal["official", "small", "lite"]
 KEY_ENCODER_DEPTH: dict[str, int] = {"official": 50, "small": 18}
 """ResNet depth of the key encoder of the ResNet variants; "lite" uses an EfficientNet-Lite0 trunk."""
-VARIANTS = ("official", "small", "lite")
+VARIANTS: tuple[str, ...] = get_args(Variant)
 VALUE_TRUNK_DIM = 256
 """Output channels of the value encoder's ResNet-18 trunk (both variants)."""
 
