@@ -106,7 +106,8 @@ class TransportSettings(_Section):
     )
     end_of_stream_timeout_s: float = Field(
         default=30.0, gt=0,
-        description="Seconds the decoder waits for the worker to acknowledge end of stream."
+        description="Seconds the decoder waits at the end of a stream without the worker segmenting any "
+        "of the job's frames still in flight; each frame segmented restarts the wait."
     )
 
     def queues(self) -> QueueSettings:

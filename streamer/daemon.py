@@ -138,7 +138,8 @@ class DaemonSettings:
     """How long a stopping job waits for the writer's answer (outputs discarded or already complete);
     past it, the writer is presumed gone and the job ends as intended."""
     finish_timeout_s: float = 60.0
-    """After its decoder ended normally, how long a job may wait for the writer to complete its outputs."""
+    """After its decoder ended normally, how long a job may wait for the writer to write another frame
+    (each frame written restarts the wait) or complete its outputs."""
 
     @classmethod
     def from_config(cls, config: VosdConfig, **overrides: Any) -> DaemonSettings:
@@ -497,6 +498,8 @@ class Daemon:
             if message.frames_total is not None:  # the decoder's report of the source length
                 job.frames_total = message.frames_total
             else:  # the writer's counters
+                if message.frames_done > job.frames_done and job.decoder_ended_at is not None:
+                    job.decoder_ended_at = time.monotonic()  # the writer is still making progress
                 job.frames_done = max(job.frames_done, message.frames_done)
                 job.dropped = message.frames_dropped
                 job.fps = message.fps

@@ -199,6 +199,11 @@ class FrameSender:
         self._held: FrameMessage | None = None
         self._starved_since: float | None = None
         self._ack: EndAck | None = None
+        self._progress_at = time.monotonic()
+        """When the worker last returned a credit: the job's frames are moving."""
+        self._opened = False
+        self._credited = 0
+        """Frames the worker has returned credit for (the first grant opens the window and is not counted)."""
         self._linger_s = 0.0
         self._socket = context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.IDENTITY, job_id.encode())
@@ -245,12 +250,16 @@ class FrameSender:
         return SendOutcome.SENT
 
     def finish(self, *, timeout_s: float = 10.0) -> EndAck:
-        """Deliver the held live frame, send EndOfStream, and wait for the worker's acknowledgement."""
-        deadline = time.monotonic() + timeout_s
+        """Deliver the held live frame, send EndOfStream, and wait for the worker's acknowledgement.
+
+        `timeout_s` bounds the wait *without progress*: every credit the worker returns (a frame of this
+        job segmented) restarts it, so a slow worker that still has this job's frames queued behind
+        other jobs' frames is waited for, and only a worker that stopped taking frames fails the job.
+        """
         while self._held is not None:
-            if time.monotonic() >= deadline:
+            if time.monotonic() - self._progress_at >= timeout_s:
                 raise PeerTimeout(f"job {self.job_id}: no room for the last frame within {timeout_s:.1f} s")
-            self._pump(min(self._poll_interval_s, deadline - time.monotonic()))
+            self._pump(self._poll_interval_s)
             self._flush_held()
         self._send(
             EndOfStream(
@@ -261,10 +270,14 @@ class FrameSender:
             ),
             timeout_s,
         )
+        self._progress_at = time.monotonic()
         while self._ack is None:
-            if time.monotonic() >= deadline:
-                raise PeerTimeout(f"job {self.job_id}: end of stream not acknowledged in {timeout_s:.1f} s")
-            self._pump(min(self._poll_interval_s, deadline - time.monotonic()))
+            if time.monotonic() - self._progress_at >= timeout_s:
+                raise PeerTimeout(
+                    f"job {self.job_id}: end of stream not acknowledged; the worker segmented none of this "
+                    f"job's {self.stats.sent - self._credited} frames still in flight for {timeout_s:.1f} s"
+                )
+            self._pump(self._poll_interval_s)
         if not self._ack.complete:
             logger.error(
                 "job %s: worker received %d of %d sent frames",
@@ -340,6 +353,10 @@ class FrameSender:
                 continue
             if isinstance(message, Credit):
                 self._credits += message.credits
+                self._progress_at = time.monotonic()
+                if self._opened:
+                    self._credited += message.credits
+                self._opened = True
             elif isinstance(message, EndAck):
                 self._ack = message
             elif isinstance(message, ErrorMessage):

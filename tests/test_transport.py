@@ -233,6 +233,42 @@ def test_lossless_sender_stops_after_its_window_when_the_worker_stalls(
     assert _report(reports)["seen"] == {"job-a": [0, 1, 2, 3]}
 
 
+def test_end_of_stream_waits_for_a_slow_worker_that_keeps_making_progress(
+    ipc_dir: Path, start_process, context
+) -> None:
+    """The in-flight window takes 8 x 0.25 s to segment, far longer than the 1 s end-of-stream timeout; each
+    segmented frame restarts the wait, so the job still ends complete (a slow worker is no failure)."""
+    queues = QueueSettings(batch_frames=8)
+    endpoint = _endpoint(ipc_dir, "w0")
+    reports = SPAWN.Queue()
+    start_process(run_worker, endpoint, None, queues, 0.25, 0.0, reports)
+    with FrameSender(context, endpoint, "job-a", live=False, queues=queues, peer_timeout_s=WAIT_S) as sender:
+        sender.open(JobStart(job_id="job-a", live=False, source_size=(256, 192)), timeout_s=WAIT_S)
+        for index in range(8):
+            assert sender.send_frame(_frame("job-a", index)) is SendOutcome.SENT
+        started = time.monotonic()
+        ack = sender.finish(timeout_s=1.0)
+        assert time.monotonic() - started > 1.0  # it did wait past the timeout, on progress
+    assert (ack.frames_received, ack.complete) == (8, True)
+    assert send_control(context, endpoint, Shutdown(reason="test"))
+    assert _report(reports)["seen"] == {"job-a": list(range(8))}
+
+
+def test_end_of_stream_fails_when_the_worker_stops_segmenting(ipc_dir: Path, start_process, context) -> None:
+    queues = QueueSettings(batch_frames=3)
+    endpoint = _endpoint(ipc_dir, "w0")
+    reports = SPAWN.Queue()
+    start_process(run_worker, endpoint, None, queues, 0.0, 3.0, reports)  # stalls 3 s after accepting
+    with FrameSender(context, endpoint, "job-a", live=False, queues=queues, peer_timeout_s=WAIT_S) as sender:
+        sender.open(JobStart(job_id="job-a", live=False, source_size=(256, 192)), timeout_s=WAIT_S)
+        for index in range(3):
+            sender.send_frame(_frame("job-a", index))
+        with pytest.raises(PeerTimeout, match="segmented none of this job's 3 frames"):
+            sender.finish(timeout_s=0.5)
+    assert send_control(context, endpoint, Shutdown(reason="test"))
+    _report(reports)
+
+
 def test_lossless_wait_notices_cancel(ipc_dir: Path, start_process, context) -> None:
     queues = QueueSettings(batch_frames=2)
     endpoint = _endpoint(ipc_dir, "w0")
