@@ -504,12 +504,17 @@ class JobQueue:
         self.redis.set(self.keys.consumer(consumer), "idle", px=int(self.visibility_timeout_s * 1000))
 
     def _reclaim(self, consumer: str) -> Claim | None:
-        """Take over the first entry idle past the visibility timeout; dead-letter exhausted ones."""
+        """Take over the first entry idle past the visibility timeout; dead-letter exhausted ones.
+
+        One entry per XAUTOCLAIM: every entry it claims counts a delivery, so claiming entries this call
+        does not start would burn their attempts (and, idle again a timeout later, dead-letter healthy
+        jobs that no holder ever ran). The caller claims again for the next orphan once it has room.
+        """
         min_idle_ms = int(self.visibility_timeout_s * 1000)
         cursor = "0-0"
         while True:
             reply = self.redis.xautoclaim(
-                self.keys.queue, self.keys.group, consumer, min_idle_ms, cursor, count=10
+                self.keys.queue, self.keys.group, consumer, min_idle_ms, cursor, count=1
             )
             cursor, entries = reply[0], reply[1]
             for entry_id, fields in entries:

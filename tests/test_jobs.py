@@ -171,6 +171,29 @@ def test_stalled_holder_loses_the_job_and_cannot_finish_it(redis_url: str) -> No
     assert queue.get(job.id).worker == "rescuer"
 
 
+def test_every_orphan_of_a_dead_holder_is_retaken_promptly_on_its_second_attempt(redis_url: str) -> None:
+    """A dead daemon held three jobs: a survivor takes all three over right after the visibility timeout,
+    one claim each, attempt 2 each, and none is dead-lettered for deliveries nobody ran."""
+    queue = _queue(redis_url)
+    jobs = [queue.submit(f"clip-{index}.mp4") for index in range(3)]
+    for _ in jobs:
+        assert queue.claim("dead-daemon", block_s=1.0) is not None  # then it never heartbeats again
+    time.sleep(VISIBILITY_S * 1.2)
+    taken = [queue.claim("survivor", block_s=0.0) for _ in jobs]
+    assert all(claim is not None for claim in taken)
+    assert sorted(claim.job.id for claim in taken) == sorted(job.id for job in jobs)
+    assert [claim.attempt for claim in taken] == [2, 2, 2]
+    # Held and heartbeated by the survivor, none is lost or dead-lettered however long it runs.
+    for _ in range(6):
+        time.sleep(VISIBILITY_S * 0.4)
+        assert all(queue.heartbeat(claim) is HeartbeatStatus.OK for claim in taken)
+        assert queue.claim("another", block_s=0.0) is None
+    assert queue.dead_letters() == []
+    assert [queue.get(job.id).attempts for job in jobs] == [2, 2, 2]
+    for claim in taken:
+        assert queue.finish(claim, JobState.DONE)
+
+
 def test_exhausted_attempts_go_to_dead_letters(redis_url: str) -> None:
     queue = _queue(redis_url, max_attempts=2)
     job = queue.submit("crashes-the-worker.mp4")
