@@ -49,6 +49,7 @@ import math
 import multiprocessing
 import multiprocessing.context
 import os
+import shutil
 import signal
 import socket
 import time
@@ -65,9 +66,10 @@ import zmq
 
 from streamer.config import VosdConfig
 from streamer.decoder import DecoderSettings, run_decoder
-from streamer.jobs import Claim, HeartbeatStatus, JobProgress, JobQueue, JobState, KeyNames
+from streamer.jobs import Claim, HeartbeatStatus, JobNotFound, JobProgress, JobQueue, JobState, KeyNames
 from streamer.messages import Cancel, EndOfStream, ErrorMessage, Heartbeat, Message, Progress, Shutdown
-from streamer.redis_server import RedisEndpoint, resolve_redis
+from streamer.redis_link import REDIS_ERRORS, RedisLink
+from streamer.redis_server import RedisEndpoint, Role, resolve_redis
 from streamer.transport import (
     QueueSettings,
     ResultCollector,
@@ -76,7 +78,8 @@ from streamer.transport import (
     release_job,
     send_control,
 )
-from streamer.writer_process import WriterSettings, output_paths, run_writer
+from streamer.writer import PART_SUFFIX
+from streamer.writer_process import WriterSettings, output_paths, remove_if_empty, run_writer
 from workers.worker import WorkerSettings, run_worker
 
 logger = logging.getLogger(__name__)
@@ -84,7 +87,11 @@ logger = logging.getLogger(__name__)
 SPAWN = multiprocessing.get_context("spawn")
 LOOP_S = 0.1
 """Longest wait for events per loop turn; bounds how late a cancel or a dead process is noticed."""
+REDIS_SOCKET_TIMEOUT_S = 5.0
+"""Longest a Redis call may block the supervisor loop before it counts as an outage."""
 EVENTS_PER_TURN = 500
+STALE_LOAD_S = 3600.0
+"""A peer's published load older than this (beyond the visibility timeout) is removed from the registry."""
 LATENCY_WINDOW = 300
 """Recent frames of a live job whose latencies give the percentiles in its status (about 10 s of video)."""
 WRITER_OPTIONS = frozenset({"output_dir", "overlay", "masks", "rle"})
@@ -260,6 +267,8 @@ class DaemonJob:
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     decoder_ended_at: float | None = None
     ending: Ending | None = None
+    final: tuple[JobState | Outcome, str | None] | None = None
+    """How the job left this daemon, once decided; kept until written to Redis (it may be away)."""
     settle_deadline: float = 0.0
     stop_deadline: float = 0.0
 
@@ -330,6 +339,9 @@ class Daemon:
         self.events_endpoint = settings.events_endpoint
         self._last_heartbeat = 0.0
         self._redis_endpoint: RedisEndpoint | None = None
+        self.link: RedisLink | None = None
+        self._redis_stop_wait_s = settings.visibility_timeout_s
+        """On SIGTERM with Redis away, how long to wait for it before exiting without handing jobs back."""
         self._context: zmq.Context | None = None
         self._events: ResultCollector | None = None
         self._writer_tx: ResultSender | None = None
@@ -350,22 +362,62 @@ class Daemon:
                 self._pump_events()
                 self._supervise_children()
                 self._supervise_jobs()
-                self._poll_cancels()
-                self._heartbeat()
-                self._claim()
+                self._sync_redis()
+                if self.stopping and self.link is not None and self.link.away_for() > self._redis_stop_wait_s:
+                    logger.error(
+                        "redis still away after %.0f s; exiting without handing back %d job(s): they are "
+                        "re-taken from the queue after the visibility timeout",
+                        self.link.away_for(),
+                        len(self.jobs),
+                    )
+                    break
         finally:
             self._shutdown()
 
+    def _sync_redis(self) -> None:
+        """Every Redis read and write of a loop turn, in one place: an outage pauses only this step
+        (streamer/redis_link.py), and claims wait for the first full round after Redis is back, so
+        this daemon's own jobs get their leases refreshed before anything could take them over."""
+        assert self.link is not None
+        if not self.link.due():
+            return
+        recovering = not self.link.up
+        try:
+            self._write_finals()
+            self._poll_cancels()
+            self._heartbeat(force=recovering)
+            if not recovering:
+                self._claim()
+        except REDIS_ERRORS as exc:
+            self.link.failed(exc)
+            return
+        self.link.succeeded()
+
     def _start(self) -> None:
         settings = self.settings
-        self._redis_endpoint = resolve_redis(settings.redis_url, settings.data_dir)
-        client = redis.Redis.from_url(self._redis_endpoint.url, decode_responses=True)
-        self.queue = JobQueue(
-            client,
-            keys=KeyNames(settings.key_prefix),
-            visibility_timeout_s=settings.visibility_timeout_s,
-            max_attempts=settings.max_attempts,
+        self._redis_endpoint = resolve_redis(settings.redis_url, settings.data_dir, role=Role.DAEMON)
+        self.link = RedisLink(self._redis_endpoint)
+        client = redis.Redis.from_url(
+            self._redis_endpoint.url,
+            decode_responses=True,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+            socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
         )
+        while self.queue is None:
+            try:
+                self.queue = JobQueue(
+                    client,
+                    keys=KeyNames(settings.key_prefix),
+                    visibility_timeout_s=settings.visibility_timeout_s,
+                    max_attempts=settings.max_attempts,
+                )
+            except REDIS_ERRORS as exc:  # an external server not up yet: wait for it, as for an outage
+                if self.stopping:
+                    raise
+                self.link.failed(exc)
+                self.link.wait_until_due()
+        self.link.succeeded()
+        self._sweep_leftovers()
         self._context = zmq.Context()
         self._events = ResultCollector(self._context, self.events_endpoint, settings.queues)
         writer_settings = WriterSettings(
@@ -414,6 +466,32 @@ class Daemon:
             settings.checkpoint,
         )
 
+    def _sweep_leftovers(self) -> None:
+        """Remove temporary outputs (``*.part``) that an earlier daemon on this data_dir left when it was
+        killed, for jobs that have ended since (finished by another daemon, failed, cancelled). A job that is
+        still queued or running keeps them: whoever resumes it may use them."""
+        assert self.queue is not None
+        output_dir = self.settings.output_dir
+        if not output_dir.is_dir():
+            return
+        for directory in sorted(p for p in output_dir.iterdir() if p.is_dir()):
+            parts = [p for p in directory.iterdir() if p.name.endswith(PART_SUFFIX)]
+            if not parts:
+                continue
+            try:
+                state = self.queue.get(directory.name).state
+            except JobNotFound:
+                state = None
+            if state is not None and not state.final:
+                continue
+            for part in parts:
+                if part.is_dir():
+                    shutil.rmtree(part, ignore_errors=True)
+                else:
+                    part.unlink(missing_ok=True)
+            remove_if_empty(directory)
+            logger.info("removed %d leftover temporary output(s) of ended job %s", len(parts), directory.name)
+
     def _drain(self) -> None:
         if self.stopping:
             for job in list(self.jobs.values()):
@@ -439,7 +517,11 @@ class Daemon:
                     child.process.kill()
                     child.process.join(2.0)
         if self.queue is not None:
-            self.queue.redis.delete(self.queue.keys.daemon(self.consumer))
+            try:
+                self.queue.redis.delete(self.queue.keys.daemon(self.consumer))
+                self.queue.redis.hdel(self.queue.keys.daemon_loads, self.consumer)
+            except REDIS_ERRORS as exc:
+                logger.warning("daemon key not removed (redis away: %s); it expires by itself", exc)
             self.queue.redis.close()
         for closable in (self._writer_tx, self._events):
             if closable is not None:
@@ -526,7 +608,7 @@ class Daemon:
             for job in list(self.jobs.values()):
                 if job.active and (child is self.writer or job.worker is child):
                     self._rerun(job, f"{child.name} died (exit code {exitcode})")
-            self._publish_processes()
+            self._last_heartbeat = 0.0  # publish the new pid with the next Redis round
 
     def _rerun(self, job: DaemonJob, reason: str) -> None:
         """Stop what is left of this run; the job waits for a ready worker and starts again from frame 0."""
@@ -581,7 +663,7 @@ class Daemon:
             if job.phase is JobPhase.SETTLING and now > job.settle_deadline:
                 logger.warning("job=%s: no answer from the writer; ending it as intended", job.job_id)
                 self._settle(job, complete=None)
-            elif job.phase is JobPhase.STOPPING and not decoder_alive:
+            elif job.phase is JobPhase.STOPPING and not decoder_alive and job.final is None:
                 if job.decoder is not None:
                     job.decoder.join(0.1)
                     self._release_worker(job)
@@ -631,7 +713,7 @@ class Daemon:
         logger.info(
             "job=%s run=%d worker=%s decoder pid=%s", job.job_id, job.runs, worker.name, job.decoder.pid
         )
-        self._keep_lease(job)  # records the new run in the status hash at once
+        self._last_heartbeat = 0.0  # records the new run in the status hash with the next Redis round
 
     def _end(self, job: DaemonJob, ending: Ending) -> None:
         """Stop the job here: SIGTERM its decoder, ask the writer to discard its outputs, and wait in
@@ -647,32 +729,42 @@ class Daemon:
         self._cancel_writer(job.job_id, ending.reason)
 
     def _settle(self, job: DaemonJob, *, complete: EndOfStream | None) -> None:
-        """Write how the job leaves this daemon: DONE when the writer completed its outputs (`complete`),
-        whatever else was intended; otherwise the intended ending. Then wait for the decoder to exit."""
-        assert self.queue is not None
+        """Decide how the job leaves this daemon: DONE when the writer completed its outputs (`complete`),
+        whatever else was intended; otherwise the intended ending. `_write_finals` records it in Redis;
+        meanwhile the decoder is stopped."""
         if complete is not None:
             job.frames_done = complete.frames_total
             job.dropped = complete.frames_dropped
-        self.queue.heartbeat(job.claim, job.progress())
-        ending = job.ending
-        if complete is not None:
-            self.queue.finish(job.claim, JobState.DONE, outputs=output_paths(job.outputs))
-            state, reason = JobState.DONE.value, None
+            job.final = (JobState.DONE, None)
         else:
-            assert ending is not None
-            state, reason = ending.outcome.value, ending.reason
-            if ending.outcome is Outcome.HANDED_BACK:
-                self.queue.hand_back(job.claim)
-            elif ending.outcome is Outcome.GIVEN_UP:
-                self.queue.give_up(job.claim, ending.reason)
-            else:
-                final = JobState.CANCELLED if ending.outcome is Outcome.CANCELLED else JobState.FAILED
-                self.queue.finish(job.claim, final, error=ending.reason)
-        logger.info("job=%s state=%s frames=%d reason=%s", job.job_id, state, job.frames_done, reason)
+            assert job.ending is not None
+            job.final = (job.ending.outcome, job.ending.reason)
         if job.phase is not JobPhase.SETTLING:  # completed while running: the decoder is exiting by itself
             job.stop_deadline = time.monotonic() + self.settings.stop_grace_s
             self._signal_decoder(job, signal.SIGTERM)
         job.phase = JobPhase.STOPPING
+
+    def _write_finals(self) -> None:
+        """Write the decided endings (`_settle`) to Redis; a job leaves `self.jobs` only once written."""
+        assert self.queue is not None
+        for job in self.jobs.values():
+            if job.final is None:
+                continue
+            self.queue.heartbeat(job.claim, job.progress())
+            outcome, reason = job.final
+            if outcome is JobState.DONE:
+                self.queue.finish(job.claim, JobState.DONE, outputs=output_paths(job.outputs))
+            elif outcome is Outcome.HANDED_BACK:
+                self.queue.hand_back(job.claim)
+            elif outcome is Outcome.GIVEN_UP:
+                self.queue.give_up(job.claim, reason or "")
+            else:
+                state = JobState.CANCELLED if outcome is Outcome.CANCELLED else JobState.FAILED
+                self.queue.finish(job.claim, state, error=reason)
+            logger.info(
+                "job=%s state=%s frames=%d reason=%s", job.job_id, outcome.value, job.frames_done, reason
+            )
+            job.final = None
 
     def _stop_lost(self, job: DaemonJob) -> None:
         """Another consumer holds the job now: stop here without touching its status or its outputs' fate."""
@@ -713,9 +805,9 @@ class Daemon:
             if flag == "1":
                 self._end(job, Ending(Outcome.CANCELLED, "cancelled on request"))
 
-    def _heartbeat(self) -> None:
+    def _heartbeat(self, *, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._last_heartbeat < self.settings.heartbeat_s:
+        if not force and now - self._last_heartbeat < self.settings.heartbeat_s:
             return
         self._last_heartbeat = now
         self._publish_processes()
@@ -737,6 +829,8 @@ class Daemon:
         assert self.queue is not None
         key = self.queue.keys.daemon(self.consumer)
         fields = {"pid": str(os.getpid()), "heartbeat_at": repr(time.time())}
+        if self.link is not None:
+            fields.update(self.link.status_fields())
         for child in self._children():
             if child.process is not None and child.process.pid is not None:
                 fields[child.name] = str(child.process.pid)
@@ -745,14 +839,45 @@ class Daemon:
         pipe.hset(key, mapping=fields)
         pipe.pexpire(key, int(self.settings.visibility_timeout_s * 1000))
         pipe.execute()
+        self._publish_load()
+
+    def _running(self) -> int:
+        return sum(1 for job in self.jobs.values() if job.phase is not JobPhase.STOPPING)
+
+    def _capacity(self) -> int:
+        ready = sum(1 for w in self.workers if w.state is ProcessState.READY)
+        writer_ready = self.writer is not None and self.writer.state is ProcessState.READY
+        return ready * self.settings.max_jobs_per_worker if writer_ready and not self.stopping else 0
+
+    def _publish_load(self) -> None:
+        """Running jobs and capacity, for peers sharing the queue to decide who takes the next job."""
+        assert self.queue is not None
+        value = f"{self._running()} {self._capacity()} {time.time():.3f}"
+        self.queue.redis.hset(self.queue.keys.daemon_loads, self.consumer, value)
+
+    def _less_loaded_peer(self) -> str | None:
+        """A live peer with room and fewer running jobs than this daemon, which should take the next job
+        instead: without this, whichever daemon polls first takes every job (4 jobs went 3 to 1)."""
+        assert self.queue is not None
+        running = self._running()
+        if running == 0:
+            return None
+        fresh_after = time.time() - self.settings.visibility_timeout_s
+        peer = None
+        for name, value in self.queue.redis.hgetall(self.queue.keys.daemon_loads).items():
+            try:
+                jobs, capacity, published_at = (float(part) for part in value.split())
+            except ValueError:
+                jobs, capacity, published_at = 0.0, 0.0, 0.0
+            if published_at < fresh_after - STALE_LOAD_S:  # a daemon long gone: forget it
+                self.queue.redis.hdel(self.queue.keys.daemon_loads, name)
+            elif name != self.consumer and published_at > fresh_after and jobs < min(running, capacity):
+                peer = name
+        return peer
 
     def _claim(self) -> None:
         assert self.queue is not None
-        ready = [w for w in self.workers if w.state is ProcessState.READY]
-        active = sum(1 for job in self.jobs.values() if job.phase is not JobPhase.STOPPING)
-        if self.stopping or not ready or self.writer is None or self.writer.state is not ProcessState.READY:
-            return
-        if active >= len(ready) * self.settings.max_jobs_per_worker:
+        if self._running() >= self._capacity() or self._less_loaded_peer() is not None:
             return
         claim = self.queue.claim(self.consumer, block_s=0.0)
         if claim is None:
@@ -768,6 +893,7 @@ class Daemon:
         self.jobs[claim.job.id] = DaemonJob(
             claim=claim, outputs=outputs, inference=inference, max_frames=max_frames
         )
+        self._publish_load()  # at once, so a peer deciding right now sees this job
 
 
 def serve(settings: DaemonSettings) -> None:

@@ -35,6 +35,7 @@ import numpy as np
 import zmq
 
 from streamer.messages import Cancel, ErrorMessage, FrameMessage, JobStart, Progress
+from streamer.lifeline import exit_with_parent
 from streamer.transport import (
     EventReporter,
     FrameSender,
@@ -307,6 +308,7 @@ def run_decoder(settings: DecoderSettings) -> None:
     """Entry point of the spawned decoder process of one job."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s decoder %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent()  # a daemon killed with SIGKILL takes its children along
     stop = _StopFlag()
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:

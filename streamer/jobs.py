@@ -110,6 +110,11 @@ class KeyNames:
     def consumer(self, name: str) -> str:
         return f"{self.prefix}:consumer:{name}"
 
+    @property
+    def daemon_loads(self) -> str:
+        """Hash: daemon consumer name -> "running capacity published_at" (`streamer.daemon` spreads jobs)."""
+        return f"{self.prefix}:daemon-loads"
+
     def daemon(self, name: str) -> str:
         """Hash of a running daemon: its pid and the pids of its processes (expires with its heartbeat)."""
         return f"{self.prefix}:daemon:{name}"

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -383,6 +384,7 @@ class InboxStats:
     rejected: int = 0
     jobs_opened: int = 0
     jobs_ended: int = 0
+    frames_dropped_on_cancel: int = 0
 
 
 class FrameInbox:
@@ -392,6 +394,8 @@ class FrameInbox:
         self._queues = queues
         self._jobs: dict[str, _InboxJob] = {}
         self._owed: dict[str, int] = {}
+        self._ready: deque[Message] = deque()
+        """Messages read ahead from the socket, in arrival order, not yet handed to the worker."""
         self.stats = InboxStats()
         self._socket = context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -431,21 +435,48 @@ class FrameInbox:
         """The next message for the worker, or None after `timeout_s`.
 
         Frames handed out by the previous call are credited back first: calling `receive` means the
-        worker is done with them.
+        worker is done with them. Everything already on the socket is read ahead (credits bound it to
+        the jobs' windows), so a Cancel queued behind a job's frames drops those frames at once instead
+        of the worker segmenting them for a job that is gone.
         """
         self._return_credits()
         deadline = time.monotonic() + timeout_s
         while True:
+            self._read_ahead()
+            if self._ready:
+                return self._hand_out(self._ready.popleft())
             wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
             if not self._socket.poll(wait_ms, zmq.POLLIN):
                 return None
-            parts = self._socket.recv_multipart(copy=False)
-            message = self._route(parts)
-            if message is not None:
-                return message
 
     def close(self) -> None:
         self._socket.close(linger=0)
+
+    def _read_ahead(self) -> None:
+        while self._socket.poll(0, zmq.POLLIN):
+            message = self._route(self._socket.recv_multipart(copy=False))
+            if message is None:
+                continue
+            if isinstance(message, Cancel):
+                self._drop_queued_frames(message.job_id)
+            self._ready.append(message)
+
+    def _drop_queued_frames(self, job_id: str) -> None:
+        kept = deque(m for m in self._ready if not (isinstance(m, FrameMessage) and m.job_id == job_id))
+        dropped = len(self._ready) - len(kept)
+        if dropped:
+            self._ready = kept
+            self.stats.frames_dropped_on_cancel += dropped
+            logger.info("job %s cancelled: %d queued frames dropped unsegmented", job_id, dropped)
+
+    def _hand_out(self, message: Message) -> Message:
+        """Account for a message as the worker takes it: a frame owes its credit, an end is acknowledged."""
+        job_id = getattr(message, "job_id", "")
+        if isinstance(message, FrameMessage):
+            self._owed[job_id] = self._owed.get(job_id, 0) + 1
+        elif isinstance(message, EndOfStream) and job_id in self._jobs:
+            self._end(job_id, self._jobs[job_id], message)
+        return message
 
     def _route(self, parts: list[zmq.Frame]) -> Message | None:
         identity = parts[0].bytes
@@ -477,10 +508,7 @@ class FrameInbox:
                 raise MessageError(f"{kind} for job {job_id!r}, which this worker has not accepted")
             if isinstance(message, FrameMessage):
                 job.received += 1
-                self._owed[job_id] = self._owed.get(job_id, 0) + 1
-            elif isinstance(message, EndOfStream):
-                self._end(job_id, job, message)
-            else:
+            elif isinstance(message, Cancel):
                 self._jobs.pop(job_id)
                 self._owed.pop(job_id, None)
         return message

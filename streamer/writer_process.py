@@ -61,6 +61,7 @@ from streamer.messages import (
     Progress,
     Shutdown,
 )
+from streamer.lifeline import exit_with_parent
 from streamer.transport import EventReporter, QueueSettings, ResultCollector
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,14 @@ def output_paths(outputs: dict[str, Any]) -> dict[str, str]:
     if outputs.get("rle", True):
         paths["rle"] = str(directory / "masks.jsonl")
     return paths
+
+
+def remove_if_empty(directory: Path) -> None:
+    """Remove a job's output directory that holds nothing (its outputs were discarded), never a file."""
+    try:
+        directory.rmdir()
+    except OSError:
+        pass  # not empty (other files, a user's directory) or already gone
 
 
 @dataclass
@@ -318,6 +327,7 @@ class WriterLoop:
         if job is None:
             return
         job.output.abort()
+        remove_if_empty(Path(job.start.outputs["dir"]))
         self._remember(job_id, phase, None)
         if phase is JobPhase.FAILED:
             self.events.report(ErrorMessage(code="writer", message=reason, job_id=job_id))
@@ -364,6 +374,7 @@ def run_writer(settings: WriterSettings) -> None:
     """Entry point of the spawned writer process."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {settings.name} %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent()  # a daemon killed with SIGKILL takes its children along
     context = zmq.Context()
     loop = WriterLoop(settings, context)
 

@@ -101,7 +101,7 @@ class Served:
         return {
             name: int(pid)
             for name, pid in self.queue.redis.hgetall(keys[0]).items()
-            if name != "heartbeat_at"
+            if name in ("pid", "writer") or name.startswith("worker-")
         }
 
     def wait_for_new_pid(self, name: str, old: int) -> int:

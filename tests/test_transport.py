@@ -290,7 +290,9 @@ def test_lossless_wait_notices_cancel(ipc_dir: Path, start_process, context) -> 
             sender.send_frame(_frame("job-a", 2))
         sender.cancel("user asked")
     assert send_control(context, endpoint, Shutdown(reason="test"))
-    assert _report(reports)["seen"] == {"job-a": [0, 1]}
+    report = _report(reports)
+    # The worker was paused: by the time it reads, the cancel is queued behind frames 0 and 1, which it drops.
+    assert (report["seen"], report["cancelled"]) == ({"job-a": []}, ["job-a"])
 
 
 @pytest.mark.parametrize("policy", [LiveDropPolicy.DROP_OLDEST, LiveDropPolicy.DROP_NEWEST])
@@ -448,10 +450,30 @@ def test_cancel_sent_just_before_close_reaches_a_busy_worker(ipc_dir: Path, star
         for index in range(4):
             sender.send_frame(replace(_frame("job-a", index), image=big))
         sender.cancel("user asked")
-    # Closed at once; the worker only reads after its pause: the cancel must still arrive, after the frames.
+    # Closed at once; the worker only reads after its pause: the cancel must still arrive, after the frames
+    # (frames already read when the cancel shows up were segmented, the rest are dropped unsegmented).
     assert send_control(context, endpoint, Shutdown(reason="test"))
     report = _report(reports)
-    assert (report["seen"], report["cancelled"], report["held"]) == ({"job-a": [0, 1, 2, 3]}, ["job-a"], [])
+    assert (report["cancelled"], report["held"]) == (["job-a"], [])
+    assert report["seen"]["job-a"] == list(range(len(report["seen"]["job-a"])))
+
+
+def test_cancel_drops_the_frames_queued_before_it_at_once(ipc_dir: Path, start_process, context) -> None:
+    """A slow worker (0.5 s a frame) with a full window of 8 frames: after the cancel it segments none of
+    the queued frames (it used to segment all 8, seconds of work for a job that is gone)."""
+    queues = QueueSettings(batch_frames=8)
+    endpoint = _endpoint(ipc_dir, "w0")
+    reports = SPAWN.Queue()
+    start_process(run_worker, endpoint, None, queues, 0.5, 0.0, reports)
+    with FrameSender(context, endpoint, "job-a", live=False, queues=queues) as sender:
+        sender.open(JobStart(job_id="job-a", live=False, source_size=(256, 192)), timeout_s=WAIT_S)
+        for index in range(8):
+            sender.send_frame(_frame("job-a", index))
+        sender.cancel("user asked")
+    assert send_control(context, endpoint, Shutdown(reason="test"))
+    report = _report(reports)
+    assert report["cancelled"] == ["job-a"] and report["held"] == []
+    assert len(report["seen"]["job-a"]) <= 2, report["seen"]
 
 
 def test_release_job_frees_the_job_of_a_killed_decoder(ipc_dir: Path, start_process, context) -> None:

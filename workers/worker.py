@@ -49,6 +49,7 @@ from streamer.messages import (
     Message,
     Shutdown,
 )
+from streamer.lifeline import exit_with_parent
 from streamer.transport import EventReporter, FrameInbox, QueueSettings, ResultSender, TransportError
 
 logger = logging.getLogger(__name__)
@@ -295,6 +296,7 @@ def run_worker(settings: WorkerSettings) -> None:
     """Entry point of the spawned worker process."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {settings.name} %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the daemon, which shuts us down in order
+    exit_with_parent()  # a daemon killed with SIGKILL takes its children along
     import torch
 
     from workers.xmem.checkpoint import load_network
