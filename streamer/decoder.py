@@ -283,8 +283,9 @@ class Decoder:
                 self.writer.send(held)
                 held = None
         if self.stop() or (self.stop.finish and sender.stats.sent == 0):
-            sender.cancel("cancelled" if self.stop() else "stopped before any frame")
-            self._cancel_writer("cancelled" if self.stop() else "stopped before any frame")
+            reason = "cancelled" if self.stop() else "stopped before any frame"
+            sender.cancel(reason)
+            self._cancel_writer(reason)
             return self._cancelled() if self.stop() else self._stopped_empty()
         if self.stop.finish:
             logger.info("job=%s stopped on request after %d frames", job_id, sender.stats.sent)

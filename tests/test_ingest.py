@@ -294,7 +294,7 @@ def test_cut_stream_reports_reconnecting_and_fails_after_its_budget_without_a_fr
     assert time.monotonic() - killed < budget + 2.0
     assert "last error:" in str(caught.value) and server.url in str(caught.value)
     states = [state for state, _, _ in changes]
-    assert states[:2] == ["connecting", "streaming"] and states[-1] == "failed"
-    lost = [change for change in changes if change[0] == "reconnecting"]
+    assert states[0] == "connecting" and "streaming" in states and states[-1] == "failed"
+    lost = [change for change in changes[states.index("streaming") :] if change[0] == "reconnecting"]
     assert lost and max(attempts for _, attempts, _ in lost) >= 2
     assert len({last for _, _, last in lost}) == 1 and lost[0][2] is not None  # the last frame's time stays
