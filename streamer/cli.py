@@ -16,6 +16,7 @@ from streamer.commands import (
     jobs_command,
     serve_command,
     status_command,
+    stop_command,
     submit_command,
     watch_command,
 )
@@ -67,6 +68,7 @@ app.command("submit", help="Queue a segmentation job (file, stream URL or camera
 app.command("status", help="State and progress of one job, or of the daemon.")(status_command)
 app.command("watch", help="Follow a job with a progress bar until it ends.")(watch_command)
 app.command("cancel", help="Cancel a queued or running job (takes effect within a second).")(cancel_command)
+app.command("stop", help="End a running job now and keep its outputs; a queued job is cancelled.")(stop_command)
 app.command("jobs", help="List jobs, newest first.")(jobs_command)
 app.command("eval", help="Run XMem on a dataset and write palette PNGs in XMem's eval layout.")(eval_command)
 app.command("score", help="J&F of predicted masks against ground truth (DAVIS 2017 definitions).")(score_command)

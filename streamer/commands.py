@@ -1,4 +1,4 @@
-"""The job commands of `vosd`: serve, submit, status, watch, cancel, jobs.
+"""The job commands of `vosd`: serve, submit, status, watch, stop, cancel, jobs.
 
 Each function is a typer command (registered in streamer/cli.py). Imports of Redis, rich and the daemon
 happen inside the functions, so `vosd --help` stays instant. Every command reads the same configuration
@@ -140,17 +140,41 @@ def submit_command(
         typer.echo(f"mask {mask} not found", err=True)
         raise typer.Exit(2)
     with _queue(config) as queue:
-        record = queue.submit(
-            _local(source),
-            mask_path=str(mask.resolve()) if mask is not None else None,
-            live=is_live_uri(source) if live is None else live,
-            options=options,
-        )
+        try:
+            record = queue.submit(
+                _local(source),
+                mask_path=str(mask.resolve()) if mask is not None else None,
+                live=is_live_uri(source) if live is None else live,
+                options=options,
+            )
+        except ValueError as exc:  # unsupported source scheme; nothing was queued
+            typer.echo(f"not submitted: {exc}", err=True)
+            raise typer.Exit(2) from None
     typer.echo(record.id)
 
 
 def _row(record: JobRecord) -> dict[str, Any]:
-    return record.model_dump(mode="json")
+    row = record.model_dump(mode="json")
+    if record.state.value == "running" and record.source_state is not None:
+        row["seconds_without_frame"] = _seconds_without_frame(record)
+    return row
+
+
+def _seconds_without_frame(record: JobRecord) -> float | None:
+    """Since the source's last frame, or since the run started when it never delivered one."""
+    since = record.last_frame_at or record.started_at
+    return None if since is None else round(max(0.0, time.time() - since), 1)
+
+
+def _source_health(record: JobRecord) -> str:
+    """What a running job's source is doing, e.g. "reconnecting: 3 attempts, 42 s without a frame"."""
+    if record.state.value != "running" or record.source_state is None:
+        return ""
+    if record.source_state == "streaming":
+        return "streaming"
+    idle = _seconds_without_frame(record)
+    text = f"{record.source_state}: {record.reconnect_attempts} attempts"
+    return text if idle is None else f"{text}, {idle:.0f} s without a frame"
 
 
 def status_command(
@@ -193,17 +217,20 @@ def _print_table(records: list[JobRecord], *, detailed: bool) -> None:
         for name, value in _row(record).items():
             console.print(f"[bold]{name}[/bold]: {value}")
         return
-    table = Table("id", "state", "frames", "fps", "dropped", "source", "error")
+    table = Table("id", "state", "frames", "fps", "dropped", "source", "source state", "error")
     for record in records:
         total = f"/{record.frames_total}" if record.frames_total is not None else ""
+        health = _source_health(record)
+        error = record.error or (record.source_error if health.startswith(("connecting", "reconn")) else "")
         table.add_row(
             record.id,
-            record.state.value,
+            record.state.value + (" (stopped early)" if record.stopped_early else ""),
             f"{record.frames_done}{total}",
             f"{record.fps:.1f}",
             str(record.dropped_frames),
             record.source,
-            record.error or "",
+            health,
+            error or "",
         )
     console.print(table)
 
@@ -268,3 +295,25 @@ def cancel_command(
             typer.echo(f"no job {job!r}", err=True)
             raise typer.Exit(1) from None
     typer.echo(f"{job}: {'cancel requested' if state.value == 'running' else state.value}")
+
+
+def stop_command(
+    job: Annotated[str, typer.Argument(help="Job id.")],
+    config: ConfigPath = None,
+) -> None:
+    """End a running job now and keep its outputs (done, stopped_early); a queued job is cancelled."""
+    from streamer.jobs import JobNotFound, JobState
+
+    with _queue(config) as queue:
+        try:
+            before = queue.get(job).state
+            state = queue.stop(job)
+        except JobNotFound:
+            typer.echo(f"no job {job!r}", err=True)
+            raise typer.Exit(1) from None
+    if state is JobState.RUNNING:
+        typer.echo(f"{job}: stop requested; it ends with the frames so far written and kept")
+    elif before is JobState.QUEUED:
+        typer.echo(f"{job}: cancelled: it was still queued, so nothing was produced")
+    else:
+        typer.echo(f"{job}: already {state.value}")

@@ -135,7 +135,13 @@ class SourceSettings(_Section):
     )
     reconnect_attempts: int = Field(
         default=0, ge=0,
-        description="Live sources: failed reopenings in a row before the job fails; 0 = never give up."
+        description="Live sources: failed reopenings in a row before the job fails; 0 = no count limit "
+        "(reconnect_give_up_s still applies)."
+    )
+    reconnect_give_up_s: float = Field(
+        default=300.0, ge=0,
+        description="Live sources: seconds without a frame (or, for a source that never connected, since the "
+        "first attempt) after which the job fails with the last error; 0 = never give up.",
     )
 
     @model_validator(mode="after")

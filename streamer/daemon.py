@@ -22,7 +22,9 @@ Failure handling, the part users of other queues complain about:
   corrupt or truncated source, unusable mask) fails its job with that message, and nothing else stops.
   A decoder that died without cancelling its job on the worker (crash, SIGKILL) is replaced there by
   `transport.release_job`, so the worker frees the job's session at once;
-* cancel is polled every loop (`LOOP_S`), so a cancelled job is stopped within a second;
+* cancel is polled every loop (`LOOP_S`), so a cancelled job is stopped within a second; so is stop
+  (`vosd stop`), which SIGUSR1s the decoder once it is up: it ends the stream normally and the job becomes
+  DONE with ``stopped_early`` (cancelled if no frame had been sent yet);
 * if the whole daemon dies, its claimed jobs are re-taken by the next daemon after the visibility
   timeout. SIGTERM drains instead: no more claims, every job here is stopped and handed back to the
   queue (`JobQueue.hand_back`: queued, re-taken at once by the next daemon, the attempt not counted),
@@ -67,7 +69,16 @@ import zmq
 from streamer.config import VosdConfig
 from streamer.decoder import DecoderSettings, run_decoder
 from streamer.jobs import Claim, HeartbeatStatus, JobNotFound, JobProgress, JobQueue, JobState, KeyNames
-from streamer.messages import Cancel, EndOfStream, ErrorMessage, Heartbeat, Message, Progress, Shutdown
+from streamer.messages import (
+    Cancel,
+    EndOfStream,
+    ErrorMessage,
+    Heartbeat,
+    Message,
+    Progress,
+    Shutdown,
+    SourceStatus,
+)
 from streamer.redis_link import REDIS_ERRORS, RedisLink
 from streamer.redis_server import RedisEndpoint, Role, resolve_redis
 from streamer.transport import (
@@ -136,6 +147,7 @@ class DaemonSettings:
     reconnect_attempts: int | None = None
     reconnect_initial_delay_s: float = 0.5
     reconnect_max_delay_s: float = 10.0
+    reconnect_give_up_s: float | None = 300.0
     peer_timeout_s: float = 30.0
     end_of_stream_timeout_s: float = 30.0
     torch_threads: int = 0
@@ -190,6 +202,7 @@ class DaemonSettings:
             reconnect_attempts=config.sources.reconnect_attempts or None,
             reconnect_initial_delay_s=config.sources.reconnect_initial_delay_s,
             reconnect_max_delay_s=config.sources.reconnect_max_delay_s,
+            reconnect_give_up_s=config.sources.reconnect_give_up_s or None,
             peer_timeout_s=config.transport.peer_timeout_s,
             end_of_stream_timeout_s=config.transport.end_of_stream_timeout_s,
         )
@@ -271,6 +284,11 @@ class DaemonJob:
     """How the job left this daemon, once decided; kept until written to Redis (it may be away)."""
     settle_deadline: float = 0.0
     stop_deadline: float = 0.0
+    source: SourceStatus | None = None
+    """The current run's decoder's last report; None until it is up (and can take SIGUSR1)."""
+    stop_requested: bool = False
+    stop_signalled: bool = False
+    """SIGUSR1 sent to the current run's decoder (`vosd stop`)."""
 
     @property
     def job_id(self) -> str:
@@ -291,6 +309,10 @@ class DaemonJob:
             runs=self.claim.job.runs + self.runs,
             latency_p50_s=percentile(ordered, 0.50),
             latency_p95_s=percentile(ordered, 0.95),
+            source_state=self.source.state if self.source else None,
+            reconnect_attempts=self.source.attempts if self.source else None,
+            source_error=self.source.error if self.source else None,
+            last_frame_at=self.source.last_frame_at if self.source else None,
         )
 
 
@@ -575,7 +597,11 @@ class Daemon:
                 self._settle(job, complete=None)
         elif isinstance(message, ErrorMessage):
             logger.warning("job=%s failed code=%s: %s", job.job_id, message.code, message.message)
-            self._end(job, Ending(Outcome.FAILED, message.message))
+            outcome = Outcome.CANCELLED if message.code == "stopped" else Outcome.FAILED
+            self._end(job, Ending(outcome, message.message))
+        elif isinstance(message, SourceStatus):
+            job.source = message
+            self._stop_early(job)
         elif isinstance(message, Progress):
             if message.frames_total is not None:  # the decoder's report of the source length
                 job.frames_total = message.frames_total
@@ -704,10 +730,12 @@ class Daemon:
             reconnect_attempts=settings.reconnect_attempts,
             reconnect_initial_delay_s=settings.reconnect_initial_delay_s,
             reconnect_max_delay_s=settings.reconnect_max_delay_s,
+            reconnect_give_up_s=settings.reconnect_give_up_s,
             peer_timeout_s=settings.peer_timeout_s,
             end_of_stream_timeout_s=settings.end_of_stream_timeout_s,
             max_frames=job.max_frames,
         )
+        job.source, job.stop_signalled = None, False
         job.decoder = self._spawn(run_decoder, decoder_settings)
         job.phase = JobPhase.RUNNING
         logger.info(
@@ -753,7 +781,8 @@ class Daemon:
             self.queue.heartbeat(job.claim, job.progress())
             outcome, reason = job.final
             if outcome is JobState.DONE:
-                self.queue.finish(job.claim, JobState.DONE, outputs=output_paths(job.outputs))
+                outputs = output_paths(job.outputs)
+                self.queue.finish(job.claim, JobState.DONE, outputs=outputs, stopped_early=job.stop_signalled)
             elif outcome is Outcome.HANDED_BACK:
                 self.queue.hand_back(job.claim)
             elif outcome is Outcome.GIVEN_UP:
@@ -800,10 +829,26 @@ class Daemon:
             return
         pipe = self.queue.redis.pipeline(transaction=False)
         for job in active:
-            pipe.hget(self.queue.keys.job(job.job_id), "cancel_requested")
-        for job, flag in zip(active, pipe.execute()):
-            if flag == "1":
+            pipe.hmget(self.queue.keys.job(job.job_id), "cancel_requested", "stop_requested")
+        for job, (cancel, stop) in zip(active, pipe.execute()):
+            if cancel == "1":
                 self._end(job, Ending(Outcome.CANCELLED, "cancelled on request"))
+            elif stop == "1":
+                job.stop_requested = True
+                self._stop_early(job)
+
+    def _stop_early(self, job: DaemonJob) -> None:
+        """`vosd stop`: a job not started yet is cancelled (nothing produced); a running one's decoder,
+        once up (its first SourceStatus), gets SIGUSR1 and ends the stream normally, keeping the outputs."""
+        if not job.stop_requested or job.stop_signalled:
+            return
+        if job.phase is JobPhase.WAITING:
+            reason = "stopped on request before it started: nothing was produced"
+            self._end(job, Ending(Outcome.CANCELLED, reason))
+        elif job.phase is JobPhase.RUNNING and job.source is not None:
+            logger.info("job=%s stop requested: the decoder finishes the stream now", job.job_id)
+            job.stop_signalled = True
+            self._signal_decoder(job, signal.SIGUSR1)
 
     def _heartbeat(self, *, force: bool = False) -> None:
         now = time.monotonic()

@@ -5,7 +5,8 @@ frame sends the working-size image to the job's worker and the full-size image t
 
     decoder -> writer   JobStart (opens the outputs), full-size Frame..., Cancel
     decoder -> worker   JobStart, working-size Frame..., EndOfStream | Cancel   (FrameSender, credits)
-    decoder -> daemon   Progress (frames_total when known), Error (source or mask unusable, worker refused)
+    decoder -> daemon   Progress (frames_total when known), Error (source or mask unusable, worker refused),
+                        SourceStatus (connecting / streaming / reconnecting, attempts, last error)
 
 Batch jobs are lossless: `FrameSender.send_frame` blocks until the worker has room, so the decoder runs
 exactly as fast as the model. Live jobs never block: the sender keeps the newest frame and counts the ones
@@ -15,7 +16,9 @@ so the writer never waits for a mask that will not come.
 End of stream is a handshake (`FrameSender.finish` waits for the worker's EndAck), so the last frames of a
 file are never lost when this process exits. Every failure path reports an Error to the daemon with a
 message meant for the job's status, then exits; SIGTERM (cancel or daemon shutdown) cancels the job on
-the worker and the writer and exits.
+the worker and the writer and exits. SIGUSR1 (`vosd stop`) means "finish now": stop reading and end the
+stream normally, so the outputs of every frame so far are completed; stopped before any frame was sent,
+there is nothing to keep and the job is reported as an Error with code "stopped".
 
 States: OPENING -> STREAMING -> FINISHING -> DONE, or FAILED / CANCELLED from any of them.
 """
@@ -34,8 +37,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from streamer.messages import Cancel, ErrorMessage, FrameMessage, JobStart, Progress
 from streamer.lifeline import exit_with_parent
+from streamer.messages import Cancel, ErrorMessage, FrameMessage, JobStart, Progress, SourceStatus
 from streamer.transport import (
     EventReporter,
     FrameSender,
@@ -47,6 +50,9 @@ from streamer.transport import (
 )
 
 logger = logging.getLogger(__name__)
+
+SOURCE_STATUS_EVERY_S = 1.0
+"""While streaming, how often the time of the last frame is reported to the daemon."""
 
 
 class DecoderState(str, Enum):
@@ -84,6 +90,8 @@ class DecoderSettings:
     """Live sources: failed reopenings in a row before the job fails; None keeps trying."""
     reconnect_initial_delay_s: float = 0.5
     reconnect_max_delay_s: float = 10.0
+    reconnect_give_up_s: float | None = 300.0
+    """Live sources: seconds without a frame (or without a first connection) before the job fails."""
     max_frames: int | None = None
     """Stop (and finish the job normally) after this many frames; None reads to the end (live: forever)."""
     peer_timeout_s: float = 30.0
@@ -96,10 +104,12 @@ class JobInputError(ValueError):
 
 
 class _StopFlag:
-    """Set by SIGTERM; checked between frames and while waiting for the worker."""
+    """`set` by SIGTERM (cancel), checked between frames and while waiting for the worker; `finish` by
+    SIGUSR1 (stop, keeping the outputs), checked between frames and while the source reconnects."""
 
     def __init__(self) -> None:
         self.set = False
+        self.finish = False
 
     def __call__(self) -> bool:
         return self.set
@@ -143,6 +153,8 @@ class Decoder:
         self.context = context
         self.stop = stop
         self.state = DecoderState.OPENING
+        self._source_reported = 0.0
+        self._source_state = "connecting"
         self.events = EventReporter(
             context, settings.events_endpoint, settings.queues, sender=f"decoder job={settings.job_id}")
         self.writer = ResultSender(
@@ -154,9 +166,10 @@ class Decoder:
         )
 
     def run(self) -> DecoderState:
-        from streamer.ingest import ReconnectPolicy, SourceError, open_source
+        from streamer.ingest import ReconnectPolicy, SourceError, SourceStopped, open_source
 
         job_id = self.settings.job_id
+        self.events.report(SourceStatus(job_id=job_id, state="connecting"))  # also: signals are handled
         try:
             source = open_source(
                 self.settings.source,
@@ -169,8 +182,13 @@ class Decoder:
                     initial_delay=self.settings.reconnect_initial_delay_s,
                     max_delay=self.settings.reconnect_max_delay_s,
                     max_attempts=self.settings.reconnect_attempts,
+                    give_up_after=self.settings.reconnect_give_up_s,
                 ),
+                on_change=self._report_source,
+                should_end=lambda: self.stop.set or self.stop.finish,
             )
+        except SourceStopped:
+            return self._cancelled() if self.stop() else self._stopped_empty()
         except SourceError as exc:
             return self._fail("source", str(exc))
         with source:
@@ -234,10 +252,10 @@ class Decoder:
         for decoded in source:
             if self.settings.max_frames is not None and decoded.index >= self.settings.max_frames:
                 break
-            if self.stop():
-                sender.cancel("cancelled")
-                self._cancel_writer("cancelled")
-                return self._cancelled()
+            if self.stop() or self.stop.finish:
+                break
+            if time.monotonic() - self._source_reported >= SOURCE_STATUS_EVERY_S:
+                self._report_source(source.stats)
             full, working = (
                 FrameMessage(
                     job_id=job_id,
@@ -265,6 +283,13 @@ class Decoder:
             elif sender.stats.sent > sent_before and held is not None:
                 self.writer.send(held)
                 held = None
+        if self.stop() or (self.stop.finish and sender.stats.sent == 0):
+            reason = "cancelled" if self.stop() else "stopped before any frame"
+            sender.cancel(reason)
+            self._cancel_writer(reason)
+            return self._cancelled() if self.stop() else self._stopped_empty()
+        if self.stop.finish:
+            logger.info("job=%s stopped on request after %d frames", job_id, sender.stats.sent)
         self._set_state(DecoderState.FINISHING)
         if held is not None:
             self.writer.send(held)
@@ -278,6 +303,28 @@ class Decoder:
         )
         self._set_state(DecoderState.DONE)
         return self.state
+
+    def _report_source(self, stats: Any) -> None:
+        """Tell the daemon how the source is doing (SourceStats from streamer/ingest.py)."""
+        self._source_reported = time.monotonic()
+        job_id = self.settings.job_id
+        if stats.state != "streaming" and stats.attempts:
+            logger.warning("job=%s source %s: attempt %d failed: %s", job_id, stats.state, stats.attempts,
+                           stats.last_error)
+        elif stats.state != self._source_state:
+            level = logging.WARNING if stats.state == "reconnecting" else logging.INFO
+            logger.log(level, "job=%s source %s (%s)", job_id, stats.state, stats.last_error or "no error")
+        self._source_state = stats.state
+        if stats.state in ("connecting", "streaming", "reconnecting"):
+            self.events.report(SourceStatus(job_id=job_id, state=stats.state, attempts=stats.attempts,
+                                            error=stats.last_error, last_frame_at=stats.last_frame_at))
+
+    def _stopped_empty(self) -> DecoderState:
+        """Stopped by request before any frame reached the worker: nothing to keep, the job is cancelled."""
+        self.events.report(ErrorMessage(
+            code="stopped", message="stopped on request before any frame: nothing was produced",
+            job_id=self.settings.job_id))
+        return self._cancelled()
 
     def _cancel_writer(self, reason: str) -> None:
         try:
@@ -314,7 +361,11 @@ def run_decoder(settings: DecoderSettings) -> None:
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         stop.set = True
 
+    def on_sigusr1(signum: int, frame: FrameType | None) -> None:
+        stop.finish = True
+
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGUSR1, on_sigusr1)
     context = zmq.Context()
     decoder = Decoder(settings, context, stop)
     started = time.monotonic()

@@ -6,9 +6,16 @@ nothing about ZeroMQ or Redis: the decoder process is a thin loop around it.
 
 Files end at end of file. Live sources (RTSP, UDP, TCP, HLS, cameras) never "end": a stream that ends,
 errors, or delivers no frame for ``ReconnectPolicy.stall_timeout`` seconds is closed and reopened with
-exponential backoff. Every blocking FFmpeg call runs under PyAV's ``timeout=(open, read)``, so a dead
-camera raises instead of hanging; the stall check also catches a stream that sends bytes but no pictures.
-Frame indexes keep counting across reconnects and timestamps are re-based so they keep increasing.
+exponential backoff, until ``ReconnectPolicy.give_up_after`` seconds have passed without a frame (or since
+the first attempt, for a source that never connected): then it raises `SourceError` with the last error.
+Every blocking FFmpeg call runs under PyAV's ``timeout=(open, read)``, so a dead camera raises instead of
+hanging; the stall check also catches a stream that sends bytes but no pictures. Frame indexes keep
+counting across reconnects and timestamps are re-based so they keep increasing. ``on_change`` tells the
+caller about every state change and failed attempt (for job status); ``should_end`` lets it end a live
+source cleanly, even while it waits to reconnect.
+
+Only the URL schemes in `SUPPORTED_SCHEMES` are opened (`check_supported`), so FFmpeg never gets a
+``gopher://`` or ``ftp://`` URL from a job.
 
 Errors are :class:`SourceError` with a message that says what is wrong (not found, empty, not a video,
 no video stream, corrupt data). Truncation policy: a truncated file yields every frame that decodes and
@@ -21,10 +28,12 @@ sample tables, Matroska/WebM durations) can be detected; a cut MPEG-TS file simp
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -38,11 +47,24 @@ log = logging.getLogger(__name__)
 
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "tcp", "srt"})
 NETWORK_SCHEMES = LIVE_SCHEMES | {"http", "https"}
+SUPPORTED_SCHEMES = NETWORK_SCHEMES | {"file"}
+"""Schemes a ``scheme://`` source may have; anything else is refused before it reaches FFmpeg. Plain paths,
+camera indexes, ``camera:N`` and ``/dev/videoN`` have no ``://`` and are always accepted."""
 FALLBACK_FPS = 25.0
+END_POLL_S = 0.1
+"""How often a reconnect wait asks ``should_end``."""
 
 
 class SourceError(RuntimeError):
     """A source that cannot be opened or decoded; the message is meant for the job result."""
+
+
+class UnsupportedSourceError(SourceError, ValueError):
+    """The source's URL scheme is not one vosd opens; a ValueError too, so submitters can refuse it."""
+
+
+class SourceStopped(SourceError):
+    """``should_end`` became true before a live source ever connected: there is nothing to read."""
 
 
 class TruncatedSourceError(SourceError):
@@ -102,13 +124,18 @@ class ReconnectPolicy:
     max_delay: float = 10.0
     multiplier: float = 2.0
     max_attempts: int | None = None
-    """Consecutive failed (re)connects before giving up with SourceError; None retries forever."""
+    """Consecutive failed (re)connects before giving up with SourceError; None: no count limit."""
+    give_up_after: float | None = 300.0
+    """Seconds without a frame (or since the first attempt, if none came) after which reconnecting stops
+    with SourceError; None retries forever. Five minutes outlast a camera reboot or a relay restart."""
 
     def __post_init__(self) -> None:
         if self.stall_timeout <= 0 or self.initial_delay < 0 or self.max_delay < self.initial_delay:
             raise ValueError(f"invalid reconnect policy: {self}")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1, or None for unlimited")
+        if self.give_up_after is not None and self.give_up_after <= 0:
+            raise ValueError("give_up_after must be positive seconds, or None to retry forever")
 
     def delays(self) -> Iterator[float]:
         """Backoff delays, one per attempt, ending after ``max_attempts``."""
@@ -123,7 +150,8 @@ class SourceStats:
     """Counters a supervisor can export; updated while iterating."""
 
     state: str = "connecting"
-    """connecting, running, reconnecting, ended, failed, closed."""
+    """connecting (first attempt), streaming, reconnecting (retrying after a failed attempt or a lost
+    stream), ended, failed, closed."""
     frames: int = 0
     reconnects: int = 0
     """Successful reopenings after a loss."""
@@ -131,6 +159,10 @@ class SourceStats:
     """Losses detected (stall, read error, or end of a live stream)."""
     decode_errors: int = 0
     last_error: str | None = None
+    attempts: int = 0
+    """Failed connect attempts since the last frame (0 while streaming)."""
+    last_frame_at: float | None = None
+    """``time.time()`` of the last delivered frame."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +180,10 @@ class SourceOptions:
     max_decode_errors: int = 25
     """Packets in a row the decoder may reject before the data counts as corrupt."""
     fallback_fps: float = FALLBACK_FPS
+    on_change: Callable[[SourceStats], None] | None = None
+    """Called with the stats on every state change and every failed connect attempt."""
+    should_end: Callable[[], bool] | None = None
+    """Polled while a live source waits to reconnect: true ends the iteration (or `connect`) cleanly."""
 
 
 def working_size(source: Size, target: int | None) -> Size:
@@ -167,6 +203,16 @@ def is_live_uri(uri: str | int) -> bool:
     return scheme in LIVE_SCHEMES or (scheme in ("http", "https") and ".m3u8" in text)
 
 
+def check_supported(uri: str | int | Path) -> None:
+    """Raise `UnsupportedSourceError` for a ``scheme://`` source whose scheme is not in SUPPORTED_SCHEMES."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", str(uri))
+    if match and match.group(1).lower() not in SUPPORTED_SCHEMES:
+        raise UnsupportedSourceError(
+            f"{uri}: unsupported source scheme {match.group(1)!r}; use a file path, a camera, or one of "
+            f"{', '.join(s + '://' for s in sorted(SUPPORTED_SCHEMES))}"
+        )
+
+
 def open_source(
     uri: str | int | Path,
     *,
@@ -179,6 +225,8 @@ def open_source(
     reconnect: ReconnectPolicy | None = None,
     ffmpeg_options: dict[str, str] | None = None,
     max_decode_errors: int = 25,
+    on_change: Callable[[SourceStats], None] | None = None,
+    should_end: Callable[[], bool] | None = None,
 ) -> Source:
     """Open a video source and return it connected (``info`` is filled in).
 
@@ -188,6 +236,7 @@ def open_source(
     cannot be reached is retried according to ``reconnect`` before ``SourceError`` is raised.
     """
     uri = str(uri) if isinstance(uri, Path) else uri
+    check_supported(uri)
     is_live = is_live_uri(uri) if live is None else live
     policy = reconnect or ReconnectPolicy()
     options = SourceOptions(
@@ -200,6 +249,8 @@ def open_source(
         reconnect=policy,
         ffmpeg_options=dict(ffmpeg_options or {}),
         max_decode_errors=max_decode_errors,
+        on_change=on_change,
+        should_end=should_end,
     )
     source = Source(uri, options)
     source.connect()
@@ -250,6 +301,7 @@ class Source:
         self._session_origin: float | None = None
         self._session_base = 0.0
         self._session_frames = 0
+        self._last_frame_clock = time.monotonic()
 
     @property
     def info(self) -> SourceInfo:
@@ -260,7 +312,10 @@ class Source:
     def connect(self) -> None:
         """First open; live sources retry with backoff, files fail at once."""
         if self.options.live:
+            self._last_frame_clock = time.monotonic()  # the give-up budget of a source that never connects
             self._connection = self._reconnect("initial connection")
+            if self._connection is None:
+                raise SourceStopped(f"{self.uri}: stopped before the source connected")
         else:
             self._connection = self._open()
         self._info = self._connection.info
@@ -278,7 +333,6 @@ class Source:
             connection = self._connection
             self._start_session()
             try:
-                self.stats.state = "running"
                 for picture in connection.pictures():
                     yield self._deliver(picture)
                 if not self.options.live:
@@ -298,31 +352,73 @@ class Source:
             self.stats.last_error = reason
             log.warning("%s: lost after %d frames (%s); reconnecting", self.uri, self.stats.frames, reason)
             self._connection = self._reconnect(reason)
+            if self._connection is None:
+                self.stats.state = "ended"
+                return
             self.stats.reconnects += 1
             log.warning("%s: reconnected (%d reconnects so far)", self.uri, self.stats.reconnects)
 
-    def _reconnect(self, reason: str) -> _Connection:
-        """Open again with exponential backoff; SourceError after ``max_attempts`` failures in a row."""
-        self.stats.state = "reconnecting" if self.stats.frames else "connecting"
+    def _reconnect(self, reason: str) -> _Connection | None:
+        """Open again with exponential backoff; None when the caller asks to end; SourceError after
+        ``max_attempts`` failures in a row or ``give_up_after`` seconds without a frame."""
+        self._set_state("reconnecting" if self.stats.frames else "connecting")
         policy = self.options.reconnect
         error: SourceError | None = None
+        gave_up = f"gave up after {policy.max_attempts} connect attempts ({reason})"
         for attempt, delay in enumerate(policy.delays(), start=1):
             if attempt > 1 or reason != "initial connection":
-                if self._closed.wait(delay):
+                remaining = self._budget_left()
+                if remaining <= 0:
+                    gave_up = self._budget_spent(attempt - 1, reason)
+                    break
+                if self._wait(min(delay, remaining)):
                     break
             try:
                 return self._open()
             except SourceError as failure:
                 error = failure
+                self.stats.attempts = attempt
                 self.stats.last_error = str(failure)
                 log.warning("%s: connect attempt %d failed: %s", self.uri, attempt, failure)
-        self.stats.state = "closed" if self._closed.is_set() else "failed"
+                self._set_state("reconnecting")
         if self._closed.is_set():
+            self._set_state("closed")
             raise SourceError(f"{self.uri}: source closed while reconnecting")
-        raise SourceError(
-            f"{self.uri}: gave up after {policy.max_attempts} connect attempts ({reason}); "
-            f"last error: {error}"
-        )
+        if self._end_requested():
+            return None
+        self._set_state("failed")
+        raise SourceError(f"{self.uri}: {gave_up}; last error: {error or reason}")
+
+    def _budget_left(self) -> float:
+        budget = self.options.reconnect.give_up_after
+        return math.inf if budget is None else budget - (time.monotonic() - self._last_frame_clock)
+
+    def _budget_spent(self, attempts: int, reason: str) -> str:
+        budget = self.options.reconnect.give_up_after
+        if not self.stats.frames:
+            return f"could not connect within {budget:g} s ({attempts} attempts)"
+        return f"no frame for {budget:g} s, gave up reconnecting after {attempts} attempts ({reason})"
+
+    def _wait(self, delay: float) -> bool:
+        """Sleep before an attempt; True, at once, when the source is closed or the caller asks to end."""
+        deadline = time.monotonic() + delay
+        while not self._closed.wait(min(END_POLL_S, max(0.0, deadline - time.monotonic()))):
+            if self._end_requested():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+        return True
+
+    def _end_requested(self) -> bool:
+        return self.options.should_end is not None and self.options.should_end()
+
+    def _set_state(self, state: str) -> None:
+        self.stats.state = state
+        self._notify()
+
+    def _notify(self) -> None:
+        if self.options.on_change is not None:
+            self.options.on_change(self.stats)
 
     def _start_session(self) -> None:
         """Timestamps of a new connection continue after the last delivered one."""
@@ -356,6 +452,10 @@ class Source:
             image = picture.rgb(size)
         frame = DecodedFrame(self.stats.frames, pts_seconds, time.time(), image, picture.size, source_image)
         self.stats.frames += 1
+        self.stats.last_frame_at, self._last_frame_clock = frame.wall_time, time.monotonic()
+        if self.stats.state != "streaming":
+            self.stats.attempts = 0
+            self._set_state("streaming")
         return frame
 
     def close(self) -> None:
@@ -624,7 +724,10 @@ __all__ = [
     "SourceInfo",
     "SourceOptions",
     "SourceStats",
+    "SourceStopped",
     "TruncatedSourceError",
+    "UnsupportedSourceError",
+    "check_supported",
     "is_live_uri",
     "open_source",
     "working_size",

@@ -36,7 +36,9 @@ Wiring in the worker process::
     queue.give_up(claim, reason)                        # FAILED for good, with a dead-letter entry
     queue.hand_back(claim)                              # graceful stop: QUEUED, re-taken at once elsewhere
 
-The CLI uses `submit`, `get`, `list_jobs`, `cancel` and `dead_letters` on the same class.
+The CLI uses `submit`, `get`, `list_jobs`, `cancel`, `stop` and `dead_letters` on the same class. `stop`
+asks the holder to end a running job early and keep its outputs (DONE with ``stopped_early``); `cancel`
+discards them.
 """
 
 from __future__ import annotations
@@ -162,6 +164,24 @@ class JobRecord(BaseModel):
     cancel_requested: bool = Field(
         default=False, description="Set by cancel(); the holder stops within a heartbeat.",
     )
+    stop_requested: bool = Field(
+        default=False, description="Set by stop(); the holder ends the job early, keeping its outputs.",
+    )
+    stopped_early: bool = Field(
+        default=False, description="DONE because stop() ended it: the outputs hold the frames up to then.",
+    )
+    source_state: str | None = Field(
+        default=None,
+        description="Running jobs: connecting (first attempt), streaming, or reconnecting (after a failed "
+        "attempt or a lost stream).",
+    )
+    reconnect_attempts: int = Field(
+        default=0, description="Failed connect attempts to the source since its last frame.",
+    )
+    source_error: str | None = Field(
+        default=None, description="The source's last connect error, or why its stream was lost.",
+    )
+    last_frame_at: float | None = Field(default=None, description="When the source last delivered a frame.")
     created_at: float = Field(description="Submission time.")
     started_at: float | None = Field(default=None, description="Start of the current attempt.")
     finished_at: float | None = Field(default=None, description="When the job reached a final state.")
@@ -216,6 +236,10 @@ class JobProgress:
     runs: int | None = None
     latency_p50_s: float | None = None
     latency_p95_s: float | None = None
+    source_state: str | None = None
+    reconnect_attempts: int | None = None
+    source_error: str | None = None
+    last_frame_at: float | None = None
 
     def fields(self) -> list[str]:
         """Status-hash field/value pairs; counters that are None are left as they are."""
@@ -227,6 +251,10 @@ class JobProgress:
             "runs": self.runs,
             "latency_p50_s": None if self.latency_p50_s is None else f"{self.latency_p50_s:.4f}",
             "latency_p95_s": None if self.latency_p95_s is None else f"{self.latency_p95_s:.4f}",
+            "source_state": self.source_state,
+            "reconnect_attempts": self.reconnect_attempts,
+            "source_error": self.source_error,
+            "last_frame_at": None if self.last_frame_at is None else repr(self.last_frame_at),
         }
         return [item for name, value in values.items() if value is not None for item in (name, str(value))]
 
@@ -327,6 +355,20 @@ return state
 """
 
 
+# KEYS[1] job hash. ARGV[1] now. Returns the state after the call.
+_STOP = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state == 'queued' then
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'stop_requested', '1', 'finished_at', ARGV[1],
+             'error', 'stopped while queued: nothing was produced')
+  return 'cancelled'
+end
+if state == 'running' then redis.call('HSET', KEYS[1], 'stop_requested', '1') end
+return state
+"""
+
+
 def _allowed_from(target: JobState) -> str:
     return ",".join(state.value for state, moves in TRANSITIONS.items() if target in moves)
 
@@ -352,6 +394,7 @@ class JobQueue:
         self._transition = client.register_script(_TRANSITION)
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._cancel = client.register_script(_CANCEL)
+        self._stop = client.register_script(_STOP)
         try:
             client.xgroup_create(self.keys.queue, self.keys.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -367,7 +410,11 @@ class JobQueue:
         options: dict[str, Any] | None = None,
         job_id: str | None = None,
     ) -> JobRecord:
-        """Record a new job and queue it; raises ValueError if `job_id` is already taken."""
+        """Record a new job and queue it; raises ValueError if `job_id` is already taken or the source's
+        URL scheme is not one the ingest opens (`UnsupportedSourceError`)."""
+        from streamer.ingest import check_supported
+
+        check_supported(source)
         record = JobRecord(
             id=job_id or uuid.uuid4().hex[:16],
             source=source,
@@ -427,12 +474,15 @@ class JobQueue:
         *,
         error: str | None = None,
         outputs: dict[str, str] | None = None,
+        stopped_early: bool = False,
     ) -> bool:
         """Move the claimed job to a final state and retire its queue entry; False if not allowed
         (already final, or this holder lost the job to another consumer)."""
         if not state.final:
             raise ValueError(f"finish() takes a final state, not {state.value}")
         fields = ["state", state.value, "finished_at", repr(time.time())]
+        if stopped_early:
+            fields += ["stopped_early", "1"]
         if error is not None:
             fields += ["error", error]
         if outputs is not None:
@@ -474,6 +524,14 @@ class JobQueue:
     def cancel(self, job_id: str) -> JobState:
         """Cancel a job: a queued one at once, a running one by flagging it for its holder."""
         result = self._cancel(keys=[self.keys.job(job_id)], args=[repr(time.time())])
+        if result == "missing":
+            raise JobNotFound(job_id)
+        return JobState(result)
+
+    def stop(self, job_id: str) -> JobState:
+        """End a job early, keeping what it produced: a running one by flagging it for its holder (it
+        becomes DONE with ``stopped_early``); a queued one produced nothing and is cancelled at once."""
+        result = self._stop(keys=[self.keys.job(job_id)], args=[repr(time.time())])
         if result == "missing":
             raise JobNotFound(job_id)
         return JobState(result)

@@ -14,6 +14,7 @@ Who sends what (see streamer/transport.py for the sockets):
     worker  -> writer   JobStart (forwarded), Mask..., EndOfStream (forwarded) | Cancel, Progress
     daemon  -> any      Shutdown
     any     -> daemon   Heartbeat, Progress, Error
+    decoder -> daemon   SourceStatus (connecting, streaming, reconnecting: for the job's status)
 
 Arrays travel without copies: `encode` puts the array object itself in the part list for
 ``send_multipart(parts, copy=False)``, and `decode` wraps the received ``zmq.Frame`` buffer with
@@ -64,6 +65,7 @@ class MessageKind(str, Enum):
     PROGRESS = "progress"
     HEARTBEAT = "heartbeat"
     ERROR = "error"
+    SOURCE_STATUS = "source_status"
 
 
 class MessageError(ValueError):
@@ -391,6 +393,23 @@ class ErrorMessage(_Message):
     job_id: str | None = None
 
 
+@dataclass(frozen=True)
+class SourceStatus(_Message):
+    """How a job's source is doing, sent by its decoder on every change and about once a second while
+    streaming, so a stalled or unreachable live source is visible in the job's status."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.SOURCE_STATUS
+    job_id: str
+    state: str
+    """connecting (first attempt), streaming, or reconnecting (after a failed attempt or a lost stream)."""
+    attempts: int = 0
+    """Failed connect attempts since the last frame."""
+    error: str | None = None
+    """The last connect error or reason the stream was lost."""
+    last_frame_at: float | None = None
+    """Unix time of the last decoded frame; None before the first."""
+
+
 Message = Union[
     JobStart,
     FrameMessage,
@@ -403,6 +422,7 @@ Message = Union[
     Progress,
     Heartbeat,
     ErrorMessage,
+    SourceStatus,
 ]
 
 _CLASSES: dict[MessageKind, type[Message]] = {cls.KIND: cls for cls in get_args(Message)}

@@ -40,7 +40,14 @@ from videos import (
     write_zero_byte_file,
 )
 
-from streamer.commands import cancel_command, jobs_command, status_command, submit_command, watch_command
+from streamer.commands import (
+    cancel_command,
+    jobs_command,
+    status_command,
+    stop_command,
+    submit_command,
+    watch_command,
+)
 from streamer.jobs import JobQueue, JobRecord, JobState, KeyNames
 from streamer.masks import read_index_mask
 from streamer.messages import Cancel, EndOfStream, FrameMessage, JobStart, MaskMessage, Shutdown
@@ -53,6 +60,9 @@ pytestmark = pytest.mark.timeout(240)
 
 JOB_TIMEOUT_S = 120.0
 """Upper bound for a job to finish on the shared two-core machine; reached only when something is broken."""
+
+GIVE_UP_S = 8.0
+"""The test daemon's live sources fail after this many seconds without a frame."""
 
 SERVE = "import typer; from streamer.commands import serve_command; typer.run(serve_command)"
 
@@ -119,6 +129,7 @@ def _app() -> typer.Typer:
         ("status", status_command),
         ("watch", watch_command),
         ("cancel", cancel_command),
+        ("stop", stop_command),
         ("jobs", jobs_command),
     ):
         app.command(name)(command)
@@ -165,6 +176,7 @@ def _write_config(data_dir: Path, **redis: object) -> Path:
                     "stall_timeout_s": 2.0,
                     "reconnect_initial_delay_s": 0.2,
                     "reconnect_max_delay_s": 1.0,
+                    "reconnect_give_up_s": GIVE_UP_S,
                 },
                 "writer": {"crf": 30},
             }
@@ -505,3 +517,128 @@ def test_sigterm_hands_running_jobs_back_and_the_next_daemon_completes_them(redi
     finally:
         queue.redis.close()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _wait_status(served: Served, job_id: str, what: str, predicate) -> JobRecord:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not predicate(record := served.queue.get(job_id)):
+        assert not record.state.final and time.monotonic() < deadline, f"never {what}: {record}"
+        time.sleep(0.05)
+    return record
+
+
+def _status_json(served: Served, job_id: str) -> dict:
+    result = CliRunner().invoke(_app(), ["status", job_id, "--json", "--config", str(served.config)])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_live_source_that_never_connects_shows_reconnecting_then_fails_within_its_budget(
+    served: Served, clips
+) -> None:
+    url = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    job = served.submit(url, "--live", "--mask", str(clips["mask"]))
+    record = _wait_status(served, job, "retrying", lambda r: r.reconnect_attempts >= 2)
+    assert record.state is JobState.RUNNING and record.source_state == "reconnecting", record
+    assert url in (record.source_error or "") and "refused" in (record.source_error or ""), record
+    assert record.last_frame_at is None
+    status = _status_json(served, job)
+    assert status["source_state"] == "reconnecting" and status["seconds_without_frame"] >= 0
+    listed = CliRunner().invoke(_app(), ["jobs", "--config", str(served.config)])
+    assert "reconnecting" in listed.output and "attempts" in listed.output, listed.output
+    record = served.wait(job)
+    assert record.state is JobState.FAILED, record
+    assert record.error and url in record.error, record.error
+    assert re.search(rf"could not connect within {GIVE_UP_S:g} s .*last error: .*refused", record.error)
+    assert record.finished_at - record.started_at < GIVE_UP_S + 10  # the budget, the last open, a heartbeat
+    assert f"job={job} source reconnecting: attempt 2 failed" in served.log.read_text()
+
+
+def test_cut_live_stream_shows_reconnecting_streams_again_on_return_and_fails_when_it_stays_away(
+    served: Served, clips
+) -> None:
+    server = LiveServer("tcp", free_port(), fps=24, lifetime=120).start()
+    try:
+        time.sleep(0.5)
+        job = served.submit(server.url, "--live", "--mask", str(clips["mask"]))
+        served.wait_progress(job, 5)
+        assert served.queue.get(job).source_state == "streaming"
+        server.kill()
+        lost = _wait_status(served, job, "reconnecting", lambda r: r.source_state == "reconnecting")
+        assert lost.last_frame_at is not None and lost.state is JobState.RUNNING
+        first = _status_json(served, job)["seconds_without_frame"]
+        time.sleep(1.0)
+        later = _status_json(served, job)
+        assert later["last_frame_at"] == lost.last_frame_at and later["seconds_without_frame"] > first
+        server.start()
+        back = _wait_status(served, job, "streaming again", lambda r: r.source_state == "streaming")
+        assert back.last_frame_at > lost.last_frame_at and back.reconnect_attempts == 0
+        frames = served.wait_progress(job, back.frames_done + 5).frames_done
+        assert frames > lost.frames_done
+        server.kill()  # for good this time
+        record = served.wait(job)
+    finally:
+        server.stop()
+    assert record.state is JobState.FAILED, record
+    assert record.error and server.url in record.error, record.error
+    assert f"no frame for {GIVE_UP_S:g} s, gave up reconnecting" in record.error, record.error
+
+
+def test_stop_ends_a_running_live_job_and_keeps_complete_outputs(
+    served: Served, tmp_path: Path, clips
+) -> None:
+    with LiveServer("tcp", free_port(), fps=24, lifetime=120) as server:
+        time.sleep(0.5)
+        out = tmp_path / "stopped"
+        job = served.submit(server.url, "--live", "--mask", str(clips["mask"]), "--output", str(out))
+        served.wait_progress(job, 8)
+        result = CliRunner().invoke(_app(), ["stop", job, "--config", str(served.config)])
+        assert result.exit_code == 0 and "stop requested" in result.output, result.output
+        record = served.wait(job, timeout_s=30)
+    assert record.state is JobState.DONE and record.stopped_early, record
+    assert record.frames_done >= 8 and record.error is None
+    overlay, masks, rle = (Path(record.outputs[k]) for k in ("overlay", "masks", "rle"))
+    assert _frames_of(overlay)[:2] == (record.frames_done, (160, 120))
+    assert sorted(p.name for p in masks.iterdir()) == [f"{i:05d}.png" for i in range(record.frames_done)]
+    assert _rle_frames(rle) == list(range(record.frames_done))
+    assert not [p for p in out.iterdir() if p.name.endswith(".part")]
+    listed = CliRunner().invoke(_app(), ["jobs", "--config", str(served.config)])
+    assert "stopped early" in listed.output
+
+
+def test_stop_ends_a_batch_job_early_with_the_frames_so_far(served: Served, clips) -> None:
+    job = served.submit(str(clips["long"]), "--mask", str(clips["long_mask"]))
+    served.wait_progress(job, 10)
+    assert served.queue.stop(job) is JobState.RUNNING
+    record = served.wait(job)
+    assert record.state is JobState.DONE and record.stopped_early, record
+    assert 10 <= record.frames_done < 96 and record.frames_total == 96
+    _assert_complete_outputs(record, record.frames_done)
+
+
+def test_stop_of_a_queued_job_cancels_it_and_says_nothing_was_produced(served: Served, clips) -> None:
+    idle = served.config.with_name("idle.yaml")  # same Redis, a key prefix no daemon consumes
+    data = yaml.safe_load(served.config.read_text())
+    data["redis"]["key_prefix"] = "idle"
+    idle.write_text(yaml.safe_dump(data))
+    runner = CliRunner()
+    submitted = runner.invoke(_app(), ["submit", str(clips["video"]), "--mask", str(clips["mask"]),
+                                       "--config", str(idle)])
+    job = submitted.output.strip().splitlines()[-1]
+    result = runner.invoke(_app(), ["stop", job, "--config", str(idle)])
+    assert result.exit_code == 0, result.output
+    assert "cancelled: it was still queued, so nothing was produced" in result.output
+    record = JobQueue(served.queue.redis, keys=KeyNames("idle")).get(job)
+    assert record.state is JobState.CANCELLED and record.stop_requested and not record.outputs
+    assert "nothing was produced" in (record.error or "")
+
+
+@pytest.mark.parametrize("uri", ["gopher://x", "ftp://x"])
+def test_submit_refuses_unsupported_schemes_and_queues_nothing(served: Served, clips, uri: str) -> None:
+    before = [record.id for record in served.queue.list_jobs(limit=1000)]
+    result = CliRunner().invoke(
+        _app(), ["submit", uri, "--mask", str(clips["mask"]), "--config", str(served.config)]
+    )
+    assert result.exit_code != 0
+    assert f"{uri}: unsupported source scheme" in result.output, result.output
+    assert [record.id for record in served.queue.list_jobs(limit=1000)] == before

@@ -16,6 +16,7 @@ import pytest
 import zmq
 from videos import (
     corrupt_file,
+    free_port,
     truncate_file,
     write_first_mask,
     write_moving_shape_video,
@@ -32,6 +33,7 @@ from streamer.messages import (
     JobStart,
     Message,
     Progress,
+    SourceStatus,
 )
 from streamer.transport import FrameInbox, QueueSettings, ResultCollector
 
@@ -284,3 +286,39 @@ def test_sigterm_cancels_the_job_on_the_writer_and_exits(clip, peers: Peers, sta
     assert process.exitcode == 0
     peers.wait_for(lambda: any(isinstance(m, Cancel) for m in peers.seen_by_writer), "the writer's cancel")
     assert not any(isinstance(m, ErrorMessage) for m in peers.seen_by_daemon)
+
+
+def test_sigusr1_ends_the_stream_normally_with_the_frames_so_far(clip, peers: Peers, start_process) -> None:
+    video, first, _ = clip
+    process = start_process(run_decoder, peers.settings(video, first))
+    message = peers.worker.receive(timeout_s=WAIT_S)
+    assert isinstance(message, JobStart)
+    peers.worker.accept(message)
+    peers.wait_for(lambda: len(peers.seen_by_writer) > 2, "the first frames")
+    os.kill(process.pid, signal.SIGUSR1)  # `vosd stop`: finish now, keeping what was sent
+    _, frames, end = _play_worker(peers, start=message)
+    process.join(WAIT_S)
+    assert process.exitcode == 0
+    peers.drain()
+    assert 0 < end.frames_sent == len(frames) < 36 and [f.index for f in frames] == list(range(len(frames)))
+    assert not any(isinstance(m, Cancel) for m in peers.seen_by_writer)
+    assert not any(isinstance(m, ErrorMessage) for m in peers.seen_by_daemon)
+    states = [m.state for m in peers.seen_by_daemon if isinstance(m, SourceStatus)]
+    assert states[:2] == ["connecting", "streaming"]
+
+
+def test_sigusr1_before_a_live_source_connects_reports_stopped(peers: Peers, start_process) -> None:
+    url = f"tcp://127.0.0.1:{free_port()}"  # nothing listens: the decoder keeps reconnecting
+    settings = peers.settings(url, None, live=True, reconnect_initial_delay_s=0.2, reconnect_max_delay_s=0.5)
+    process = start_process(run_decoder, settings)
+    peers.wait_for(
+        lambda: any(isinstance(m, SourceStatus) and m.attempts >= 2 for m in peers.seen_by_daemon), "retries"
+    )
+    retry = next(m for m in peers.seen_by_daemon if isinstance(m, SourceStatus) and m.attempts >= 2)
+    assert retry.state == "reconnecting" and url in (retry.error or "") and retry.last_frame_at is None
+    os.kill(process.pid, signal.SIGUSR1)
+    peers.wait_for(lambda: any(isinstance(m, ErrorMessage) for m in peers.seen_by_daemon), "the report")
+    error = next(m for m in peers.seen_by_daemon if isinstance(m, ErrorMessage))
+    assert error.code == "stopped" and "nothing was produced" in error.message
+    process.join(5.0)
+    assert process.exitcode == 0 and not peers.seen_by_writer

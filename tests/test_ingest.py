@@ -15,7 +15,10 @@ from streamer.ingest import (
     ReconnectPolicy,
     Size,
     SourceError,
+    SourceStopped,
     TruncatedSourceError,
+    UnsupportedSourceError,
+    check_supported,
     is_live_uri,
     open_source,
     working_size,
@@ -233,3 +236,65 @@ def test_tcp_stream_that_hangs_is_detected_within_stall_timeout_then_reconnects(
     assert detected_after < stall_timeout + 2.0, f"stall noticed only after {detected_after:.1f}s"
     assert "no data" in loss.getMessage() or "stalled" in loss.getMessage()
     _check_continued(frames, stats)
+
+
+@pytest.mark.parametrize("uri", ["gopher://x", "ftp://host/a.mp4", "FTP://host/a.mp4", "smb://share/a.mp4"])
+def test_unsupported_schemes_are_refused_before_ffmpeg_sees_them(uri: str) -> None:
+    with pytest.raises(UnsupportedSourceError, match=r"unsupported source scheme .*rtsp://"):
+        check_supported(uri)
+    with pytest.raises(SourceError, match="unsupported source scheme"):
+        open_source(uri)
+    for fine in ("/videos/a.mp4", "a:b.mp4", "file:///v/a.mp4", "rtsp://cam/1", "udp://0:5", "camera:0", 0):
+        check_supported(fine)
+
+
+def test_source_that_never_connects_reports_each_attempt_and_gives_up_within_its_budget() -> None:
+    url = f"tcp://127.0.0.1:{free_port()}"
+    changes: list[tuple[str, int, str | None]] = []
+    budget = 1.5
+    policy = ReconnectPolicy(stall_timeout=1.0, initial_delay=0.1, max_delay=0.3, give_up_after=budget)
+    started = time.monotonic()
+    message = r"could not connect within 1.5 s \(\d+ attempts\); last error: .*refused"
+    with pytest.raises(SourceError, match=message):
+        open_source(url, reconnect=policy, open_timeout=1.0,
+                    on_change=lambda s: changes.append((s.state, s.attempts, s.last_error)))
+    assert time.monotonic() - started < budget + 1.0
+    assert changes[0] == ("connecting", 0, None)
+    retries = [change for change in changes if change[0] == "reconnecting"]
+    assert [attempts for _, attempts, _ in retries] == list(range(1, len(retries) + 1)) and len(retries) >= 3
+    assert all(url in (error or "") and "refused" in (error or "") for _, _, error in retries)
+
+
+def test_should_end_interrupts_a_reconnect_wait() -> None:
+    url = f"tcp://127.0.0.1:{free_port()}"
+    policy = ReconnectPolicy(stall_timeout=1.0, initial_delay=30.0, max_delay=30.0, give_up_after=None)
+    end = threading.Event()
+    threading.Timer(0.5, end.set).start()
+    started = time.monotonic()
+    with pytest.raises(SourceStopped, match="stopped before the source connected"):
+        open_source(url, reconnect=policy, open_timeout=1.0, should_end=end.is_set)
+    assert time.monotonic() - started < 3.0
+
+
+def test_cut_stream_reports_reconnecting_and_fails_after_its_budget_without_a_frame() -> None:
+    budget = 3.0
+    changes: list[tuple[str, int, float | None]] = []
+    policy = ReconnectPolicy(stall_timeout=1.0, initial_delay=0.2, max_delay=0.5, give_up_after=budget)
+    with LiveServer("tcp", free_port()) as server:
+        time.sleep(0.5)
+        source = open_source(server.url, reconnect=policy, open_timeout=2.0,
+                             on_change=lambda s: changes.append((s.state, s.attempts, s.last_frame_at)))
+        frames = 0
+        with source, pytest.raises(SourceError, match=r"no frame for 3 s, gave up reconnecting") as caught:
+            for _ in source:
+                frames += 1
+                if frames == 10:
+                    server.kill()
+                    killed = time.monotonic()
+    assert time.monotonic() - killed < budget + 2.0
+    assert "last error:" in str(caught.value) and server.url in str(caught.value)
+    states = [state for state, _, _ in changes]
+    assert states[0] == "connecting" and "streaming" in states and states[-1] == "failed"
+    lost = [change for change in changes[states.index("streaming") :] if change[0] == "reconnecting"]
+    assert lost and max(attempts for _, attempts, _ in lost) >= 2
+    assert len({last for _, _, last in lost}) == 1 and lost[0][2] is not None  # the last frame's time stays

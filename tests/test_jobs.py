@@ -324,3 +324,41 @@ def test_handed_back_job_cancelled_while_queued_is_not_restarted(redis_url: str)
     assert queue.claim("next-daemon", block_s=0.2) is None
     assert queue.get(job.id).state is JobState.CANCELLED
     assert queue.redis.xlen(queue.keys.queue) == 0
+
+
+def test_stop_cancels_a_queued_job_and_flags_a_running_one(redis_url: str) -> None:
+    queue = _queue(redis_url)
+    waiting = queue.submit("a.mp4")
+    assert queue.stop(waiting.id) is JobState.CANCELLED
+    record = queue.get(waiting.id)
+    assert record.stop_requested and record.error == "stopped while queued: nothing was produced"
+    running = queue.submit("b.mp4")
+    claim = queue.claim("c1", block_s=1.0)
+    assert claim is not None and claim.job.id == running.id  # the stopped job is never delivered
+    assert queue.stop(running.id) is JobState.RUNNING
+    assert queue.get(running.id).stop_requested and not queue.get(running.id).cancel_requested
+    assert queue.finish(claim, JobState.DONE, outputs={"rle": "x"}, stopped_early=True)
+    assert queue.get(running.id).stopped_early and queue.stop(running.id) is JobState.DONE
+    with pytest.raises(JobNotFound):
+        queue.stop("nope")
+
+
+def test_source_status_travels_with_the_heartbeat(redis_url: str) -> None:
+    queue = _queue(redis_url)
+    job = queue.submit("rtsp://cam/1", live=True)
+    claim = queue.claim("c1", block_s=1.0)
+    assert claim is not None
+    progress = JobProgress(0, source_state="reconnecting", reconnect_attempts=3, source_error="refused",
+                           last_frame_at=1700000000.25)
+    assert queue.heartbeat(claim, progress) is HeartbeatStatus.OK
+    record = queue.get(job.id)
+    assert (record.source_state, record.reconnect_attempts, record.source_error, record.last_frame_at) == (
+        "reconnecting", 3, "refused", 1700000000.25)
+
+
+@pytest.mark.parametrize("source", ["gopher://x", "ftp://host/a.mp4"])
+def test_submit_refuses_unsupported_schemes(redis_url: str, source: str) -> None:
+    queue = _queue(redis_url)
+    with pytest.raises(ValueError, match="unsupported source scheme"):
+        queue.submit(source)
+    assert queue.list_jobs() == [] and queue.redis.xlen(queue.keys.queue) == 0

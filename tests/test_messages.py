@@ -23,6 +23,7 @@ from streamer.messages import (
     MessageKind,
     Progress,
     Shutdown,
+    SourceStatus,
     decode,
     encode,
 )
@@ -64,6 +65,8 @@ def test_every_kind_round_trips() -> None:
         Progress(job_id="job-a", frames_done=9, frames_dropped=1, fps=12.5, latency_s=0.08),
         Heartbeat(process="worker-0", sent_at=12.0, jobs=("job-a", "job-b")),
         ErrorMessage(code="decode_failed", message="bad packet", job_id=None),
+        SourceStatus(job_id="job-a", state="reconnecting", attempts=3, error="refused", last_frame_at=9.5),
+        SourceStatus(job_id="job-b", state="connecting"),
     ]
     assert {type(m).KIND for m in messages} == set(MessageKind)
     for message in messages:
