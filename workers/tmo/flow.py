@@ -123,7 +123,8 @@ class RAFTFlow:
             self.updates = updates
             self.short_side = short_side
             return
-        raise FlowError(f"{path} is neither a torchvision raft_large nor raft_small state dict ({'; '.join(errors)})")
+        raise FlowError(f"{path} is neither a torchvision raft_large nor raft_small state dict "
+                        f"({'; '.join(errors)})")
 
     def tensor(self, frame: np.ndarray) -> torch.Tensor:
         """uint8 (H, W, 3) -> (1, 3, H', W') in [-1, 1], edge-padded to RAFT's sizes."""
