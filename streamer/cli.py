@@ -70,8 +70,10 @@ app.command("watch", help="Follow a job with a progress bar until it ends.")(wat
 app.command("cancel", help="Cancel a queued or running job (takes effect within a second).")(cancel_command)
 app.command("stop", help="End a running job now and keep its outputs; a queued job is cancelled.")(stop_command)
 app.command("jobs", help="List jobs, newest first.")(jobs_command)
-app.command("eval", help="Run XMem on a dataset and write palette PNGs in XMem's eval layout.")(eval_command)
-app.command("score", help="J&F of predicted masks against ground truth (DAVIS 2017 definitions).")(score_command)
+app.command("eval", help="Run XMem (or TMO, --method tmo) on a dataset and write palette PNGs per sequence.")(
+    eval_command)
+app.command("score", help="J&F of predicted masks against ground truth (DAVIS 2017 definitions; "
+                          "--unsupervised for TMO's protocol).")(score_command)
 app.command("train", help="Train XMem (stages 0-3), optionally from a checkpoint; resumable.")(train_command)
 app.command("train-plot", help="Plot the loss curves of a training run.")(plot_command)
 app.add_typer(weights_app, name="weights", help="List, install and register model weights.")

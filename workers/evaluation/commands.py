@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
 from workers.evaluation.datasets import DatasetName
+
+
+class Method(str, Enum):
+    """Which engine `vosd eval` runs: XMem (semi-supervised, first mask given) or TMO (unsupervised)."""
+
+    xmem = "xmem"
+    tmo = "tmo"
+
+
+class FlowChoice(str, Enum):
+    """TMO's motion input: none (RGB as motion), DIS optical flow (OpenCV) or RAFT (weights file)."""
+
+    none = "none"
+    dis = "dis"
+    raft = "raft"
 
 
 def fail(message: str) -> NoReturn:
@@ -28,7 +44,8 @@ def resolve_model(model: str | None) -> Path:
 
 def eval_command(
     dataset: Annotated[DatasetName, typer.Option(help="Layout: D16, D17 (DAVIS), Y18 (YouTube-VOS 2018 valid), "
-                                                 "LV3 (Long-Time Video, never resized), generic.")],
+                                                 "LV3 (Long-Time Video, never resized), generic; "
+                                                 "with --method tmo: D16, FBMS, YTO, LV, generic.")],
     root: Annotated[Path, typer.Option(help="Dataset folder (DAVIS: the one holding JPEGImages/480p; "
                                             "YouTube-VOS: the one holding valid/).")],
     output: Annotated[Path, typer.Option(help="Output folder; one folder of palette PNGs per sequence.")],
@@ -47,9 +64,22 @@ def eval_command(
     num_prototypes: Annotated[int | None, typer.Option(help="Prototypes per consolidation (128).")] = None,
     max_long_term_elements: Annotated[int | None, typer.Option(help="Long-term memory cap (10000).")] = None,
     device: Annotated[str | None, typer.Option(help="torch device; default cuda when available.")] = None,
+    method: Annotated[Method, typer.Option(help="xmem (first mask given) or tmo (unsupervised, no mask).")]
+    = Method.xmem,
+    flow: Annotated[FlowChoice, typer.Option(help="TMO motion input: dis (OpenCV DIS flow), raft (needs "
+                                                  "--raft-weights) or none (RGB as motion).")]
+    = FlowChoice.dis,
+    aos: Annotated[bool, typer.Option(help="TMO adaptive output selection between RGB and flow paths.")]
+    = False,
+    raft_weights: Annotated[Path | None, typer.Option(help="torchvision raft_large / raft_small state dict.")]
+    = None,
 ) -> None:
-    """Run XMem on a dataset and write palette PNGs in XMem's eval layout."""
+    """Run XMem (or TMO with --method tmo) on a dataset and write palette PNGs, one folder per sequence."""
     import torch
+
+    if method is Method.tmo:
+        eval_tmo(dataset, root, output, model, flow, aos, raft_weights, device)
+        return
 
     from workers.evaluation.datasets import DatasetLayoutError, load_dataset
     from workers.evaluation.runner import run_dataset
@@ -79,14 +109,52 @@ def eval_command(
                f"masks in {output}")
 
 
+def eval_tmo(dataset: DatasetName, root: Path, output: Path, model: str | None, flow: FlowChoice, aos: bool,
+             raft_weights: Path | None, device: str | None) -> None:
+    """`vosd eval --method tmo`: every frame of every sequence, no first mask, one TMOSession per video."""
+    import torch
+
+    from workers.evaluation.datasets import DatasetLayoutError
+    from workers.evaluation.unsupervised import load_unsupervised, run_unsupervised
+    from workers.tmo import load_network
+    from workers.tmo.checkpoint import CheckpointError
+    from workers.tmo.flow import FlowConfig, FlowError, make_flow
+    from workers.tmo.session import TMOSession
+
+    if model is None:
+        fail("--method tmo needs --model PATH (a TMO checkpoint); no TMO model is bundled yet")
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        sequences = load_unsupervised(dataset, root)
+        network = load_network(model, device=torch_device)
+        config = FlowConfig(flow.value, raft_weights=raft_weights)  # type: ignore[arg-type]
+        make_flow(config, torch_device)
+    except (DatasetLayoutError, CheckpointError, FlowError) as error:
+        fail(str(error))
+    report = run_unsupervised(
+        lambda: TMOSession(network, flow=make_flow(config, torch_device), aos=aos, device=torch_device),
+        sequences, output)
+    typer.echo(f"{report.sequences} sequences, {report.frames} frames ({report.flow_frames} with flow), "
+               f"{report.fps:.2f} FPS; masks in {output}")
+
+
 def score_command(
     gt: Annotated[Path, typer.Option(help="Ground truth: a folder of sequence folders of PNGs "
                                           "(or a DAVIS root with Annotations/480p).")],
     pred: Annotated[Path, typer.Option(help="Predictions in the same layout (e.g. the output of vosd eval).")],
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON with full-precision values instead.")]
     = False,
+    unsupervised: Annotated[bool, typer.Option(
+        help="Binary masks over every annotated frame (TMO): --gt is the dataset root read as --dataset.")]
+    = False,
+    dataset: Annotated[DatasetName, typer.Option(
+        help="With --unsupervised: D16 (J&F), FBMS or YTO (mean IoU), LV or generic (J&F).")]
+    = DatasetName.D16,
 ) -> None:
     """J&F of predicted masks against ground truth (DAVIS 2017 definitions, first and last frame skipped)."""
+    if unsupervised:
+        score_unsupervised_command(gt, pred, dataset, json_output)
+        return
     from workers.evaluation.metrics import score_folders
 
     try:
@@ -113,3 +181,33 @@ def score_command(
     if result.unpredicted:
         typer.echo(f"not predicted (not scored): {', '.join(result.unpredicted)}")
     typer.echo(f"J&F {100 * summary.jf:.1f} J {100 * summary.j:.1f} F {100 * summary.f:.1f}")
+
+
+def score_unsupervised_command(gt: Path, pred: Path, dataset: DatasetName, json_output: bool) -> None:
+    """Print per-sequence and mean J (and F, J&F where the dataset reports them) in percent."""
+    from workers.evaluation.datasets import DatasetLayoutError
+    from workers.evaluation.unsupervised import score_unsupervised
+
+    try:
+        scores = score_unsupervised(dataset, gt, pred)
+    except (DatasetLayoutError, FileNotFoundError, ValueError) as error:
+        fail(str(error))
+
+    def percent(value: float | None) -> float | None:
+        return None if value is None else 100 * value
+
+    if json_output:
+        typer.echo(json.dumps({
+            "unit": "percent", "dataset": dataset.value, "J": percent(scores.j), "F": percent(scores.f),
+            "J&F": percent(scores.jf),
+            "sequences": [{"sequence": s.name, "J": percent(s.j), "F": percent(s.f), "frames": s.frames}
+                          for s in scores.sequences],
+        }, indent=2))
+        return
+    for s in scores.sequences:
+        boundary = "" if s.f is None else f" F {100 * s.f:.1f}"
+        typer.echo(f"{s.name}: J {100 * s.j:.1f}{boundary} ({s.frames} frames)")
+    if scores.f is None:
+        typer.echo(f"mean IoU (J) {100 * scores.j:.1f}")
+    else:
+        typer.echo(f"J&F {100 * scores.jf:.1f} J {100 * scores.j:.1f} F {100 * scores.f:.1f}")

@@ -29,13 +29,20 @@ class DatasetLayoutError(ValueError):
 
 
 class DatasetName(str, Enum):
-    """The layouts `vosd eval --dataset` accepts (XMem's names, and generic for its G)."""
+    """The layouts `vosd eval --dataset` accepts (XMem's names, and generic for its G).
+
+    FBMS, YTO (YouTube-Objects) and LV (Long-Videos) are TMO's unsupervised test sets
+    (workers/evaluation/unsupervised.py); XMem reads D16, D17, Y18, LV3 and generic.
+    """
 
     D16 = "D16"
     D17 = "D17"
     Y18 = "Y18"
     LV3 = "LV3"
     generic = "generic"
+    FBMS = "FBMS"
+    YTO = "YTO"
+    LV = "LV"
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,8 @@ class EvalDataset:
 def load_dataset(name: DatasetName | str, root: str | Path, size: int = 480) -> EvalDataset:
     """Discover the sequences of dataset `name` under `root`; `size` is the requested shorter side."""
     name, root = DatasetName(name), Path(root)
+    if name in (DatasetName.FBMS, DatasetName.YTO, DatasetName.LV):
+        raise DatasetLayoutError(f"{name.value} is an unsupervised test set: use --method tmo")
     if not root.is_dir():
         raise DatasetLayoutError(f"dataset folder not found: {root}")
     if name in (DatasetName.D16, DatasetName.D17):
