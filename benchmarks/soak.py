@@ -1,7 +1,7 @@
 """Soak: a stream of batch jobs into two daemons sharing one Redis, with faults at random times.
 
 Two `vosd serve` processes (a small random network, synthetic H.264 clips) share one Redis server that this
-script runs as if it were external. For `--minutes`, it submits a job every `--submit-every` seconds and,
+script runs as if it were external. For `--minutes`, it submits a job every `--submit-every` seconds (while fewer than `--max-queued` wait) and,
 at random intervals, does one of:
 
 * kill -9 a worker of a random daemon (the daemon restarts it and re-runs or resumes its jobs);
@@ -122,6 +122,9 @@ def main() -> None:
     parser.add_argument("--submit-every", type=float, default=4.0)
     parser.add_argument("--fault-every", type=float, default=20.0, help="mean seconds between faults")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--max-queued", type=int, default=2, help="submit only while fewer jobs than this wait in the queue"
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
@@ -150,7 +153,10 @@ def main() -> None:
             action()  # type: ignore[operator]
         if now >= next_submit:
             try:
-                submitted.append(queue.submit(str(clip), mask_path=str(mask)).id)
+                recent = submitted[-args.max_queued * 4 :]
+                backlog = sum(1 for job in recent if queue.get(job).state is JobState.QUEUED)
+                if backlog < args.max_queued:
+                    submitted.append(queue.submit(str(clip), mask_path=str(mask)).id)
             except (redis.ConnectionError, redis.TimeoutError):
                 pass  # Redis is down: a client would retry; so do we, next turn
             else:
