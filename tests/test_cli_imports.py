@@ -11,7 +11,10 @@ import pytest
 pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECK = "import sys; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('work'))"
+CHECK = (
+    "import sys; assert 'torch' not in sys.modules, "
+    "sorted(m for m in sys.modules if m.startswith('work'))"
+)
 
 
 @pytest.mark.parametrize(
@@ -25,7 +28,8 @@ CHECK = "import sys; assert 'torch' not in sys.modules, sorted(m for m in sys.mo
 )
 def test_redis_only_paths_do_not_import_torch(statement: str) -> None:
     """A fresh interpreter: anything imported earlier in this test session would hide the import."""
-    done = subprocess.run([sys.executable, "-c", f"{statement}; {CHECK}"], capture_output=True, text=True, cwd=ROOT)
+    command = [sys.executable, "-c", f"{statement}; {CHECK}"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
 
 
