@@ -206,14 +206,10 @@ class Worker:
         if job is None:
             return  # the job failed here; its decoder is being stopped by the daemon
         started = time.perf_counter()
-        mask = None
-        if job.first_mask is not None:
-            mask = fit_mask(job.first_mask, frame.image.shape[:2])
-            job.first_mask = None
-        width, height = frame.source_size
+        mask, job.first_mask = job.first_mask, None
         try:
-            # A writable copy: the received frame is read-only message memory, which torch refuses to wrap.
-            result = job.session.step(np.array(frame.image), mask, output_size=(height, width))
+            # Source-size frame and mask: the session does all preprocessing, as in `vosd segment` and eval.
+            result = job.session.step(frame.image, mask)
         except Exception as exc:  # any failure of one job must not take the worker down
             logger.exception("job=%s frame=%d step failed", frame.job_id, frame.index)
             self._fail(frame.job_id, "inference", f"segmenting frame {frame.index} failed: {exc}")
@@ -281,15 +277,6 @@ def check_first_mask(mask: np.ndarray | None, source_size: tuple[int, int], max_
         raise JobSetupError(
             f"first-frame mask has {objects} objects; this daemon allows at most {max_objects}"
         )
-
-
-def fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The first-frame mask at the working frame's (H, W), nearest neighbour so labels stay labels."""
-    if mask.shape == size:
-        return mask
-    rows = (np.arange(size[0]) * mask.shape[0] // size[0]).astype(np.intp)
-    cols = (np.arange(size[1]) * mask.shape[1] // size[1]).astype(np.intp)
-    return mask[rows[:, None], cols[None, :]]
 
 
 def run_worker(settings: WorkerSettings) -> None:
