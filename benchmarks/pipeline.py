@@ -88,7 +88,7 @@ class Pipeline:
             events_endpoint=self.events.endpoint,
             queues=self.queues,
             size=args.size,
-            threads=args.threads,
+            threads=args.threads if args.worker_threads is None else args.worker_threads,
         )
         self.processes = {
             "writer": self._spawn(run_writer, writer),
@@ -227,6 +227,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=480, help="working size (shorter side)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--worker-threads", type=int, help="the worker's torch threads (default: --threads)")
     parser.add_argument("--resolution", default="640x480", help="source video size WxH")
     parser.add_argument("--frames", type=int, default=240, help="frames of the ratio clip")
     parser.add_argument("--long-frames", type=int, default=3000, help="frames of the memory clip (0: skip)")

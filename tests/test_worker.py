@@ -308,3 +308,10 @@ def test_job_of_a_dead_decoder_is_released_at_once(rig: Rig, clip) -> None:
     assert release_job(rig.context, rig.settings.inbox_endpoint, "gone", "decoder exited with code -9")
     assert isinstance(rig.collect(Cancel, "gone")[-1], Cancel)
     _wait_for_held_jobs(rig, ())
+
+
+def test_a_cpu_worker_leaves_a_core_to_the_decoders_and_the_writer() -> None:
+    from workers.worker import default_threads
+
+    assert [default_threads("cpu", cores) for cores in (1, 2, 16)] == [1, 1, 15]
+    assert default_threads("cuda:0", 16) == 16

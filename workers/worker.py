@@ -88,7 +88,7 @@ class WorkerSettings:
     max_jobs: int = 4
     max_objects: int = 16
     threads: int = 0
-    """Torch intra-op threads on CPU; 0 leaves torch's default."""
+    """Torch intra-op threads; 0: on CPU every core but one (`default_threads`), else torch's default."""
     heartbeat_s: float = 1.0
     peer_timeout_s: float = 30.0
 
@@ -279,6 +279,14 @@ def check_first_mask(mask: np.ndarray | None, source_size: tuple[int, int], max_
         )
 
 
+def default_threads(device: str, cores: int) -> int:
+    """Torch threads of a worker on `device` when not configured: on CPU, leave one core to the decoders and
+    the writer (decoding, H.264 encoding). Torch's threads wait for each other at every operation, so
+    one of them preempted by those processes stalls the rest: on 2 cores the daemon ran at 0.64 of
+    `vosd segment` with 2 threads and at 1.1 with 1 (benchmarks/pipeline.py, docs/architecture.md)."""
+    return max(1, cores - 1) if device == "cpu" else cores
+
+
 def run_worker(settings: WorkerSettings) -> None:
     """Entry point of the spawned worker process."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {settings.name} %(levelname)s %(message)s")
@@ -288,8 +296,9 @@ def run_worker(settings: WorkerSettings) -> None:
 
     from workers.xmem.checkpoint import load_network
 
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    threads = settings.threads or default_threads(settings.device, torch.get_num_threads())
+    torch.set_num_threads(threads)
+    logger.info("worker=%s torch threads=%d", settings.name, threads)
     network = load_network(settings.checkpoint, device=settings.device)
     context = zmq.Context()
     worker = Worker(settings, network, context)
