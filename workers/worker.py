@@ -283,7 +283,7 @@ def default_threads(device: str, cores: int) -> int:
     """Torch threads of a worker on `device` when not configured: on CPU, leave one core to the decoders and
     the writer (decoding, H.264 encoding). Torch's threads wait for each other at every operation, so
     one of them preempted by those processes stalls the rest: on 2 cores the daemon ran at 0.64 of
-    `vosd segment` with 2 threads and at 1.1 with 1 (benchmarks/pipeline.py, docs/architecture.md)."""
+    `vosd segment`'s FPS with 2 threads and above it with 1 (benchmarks/pipeline.py, docs/architecture.md)."""
     return max(1, cores - 1) if device == "cpu" else cores
 
 
