@@ -4,8 +4,10 @@ Runs the real processes of `vosd serve` (decoder, worker, writer, spawned with t
 script as the supervisor, without Redis (job bookkeeping is not on the frame path):
 
 1. ratio: one synthetic H.264 clip through `VideoSession.step` in this process (frames decoded
-   beforehand, so only the model is timed) and through decoder -> worker -> writer; the figure is
-   pipeline FPS / model FPS. Pipeline FPS is taken between the first and last written frame.
+   beforehand, so only the model is timed), through `vosd segment` (`segment_video`: reader, model and
+   writer threads, the same outputs as a daemon job) and through decoder -> worker -> writer. Pipeline
+   FPS is taken between the first and last written frame; the ratios are pipeline FPS / segment FPS (the
+   goal: at least 0.95) and pipeline FPS / model FPS. `--threads` applies to both the worker and here.
 2. memory: a long clip through the pipeline; peak RSS of every process, sampled, and the RSS of the
    worker after 10 % vs at the end (what grows with video length should be nothing).
 3. latency: a live MPEG-TS stream on 127.0.0.1 (tests/videos.py); per frame, the time from the decoder
@@ -58,6 +60,8 @@ class Run:
     peak_rss: dict[str, int] = field(default_factory=dict)
     worker_rss: list[tuple[int, int]] = field(default_factory=list)
     """(frames written, worker RSS) samples."""
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    """CPU time (user + system) each process spent during the job, last sample."""
 
 
 class Pipeline:
@@ -84,7 +88,7 @@ class Pipeline:
             events_endpoint=self.events.endpoint,
             queues=self.queues,
             size=args.size,
-            threads=args.threads,
+            threads=args.threads if args.worker_threads is None else args.worker_threads,
         )
         self.processes = {
             "writer": self._spawn(run_writer, writer),
@@ -115,13 +119,13 @@ class Pipeline:
             writer_endpoint=self.writer_endpoint,
             events_endpoint=self.events.endpoint,
             queues=self.queues,
-            size=self.args.size,
             outputs={"dir": str(self.directory / job_id)},
             max_frames=max_frames,
         )
         started = time.monotonic()
         processes = {**self.processes, "decoder": self._spawn(run_decoder, settings)}
         watched = {name: psutil.Process(p.pid) for name, p in processes.items()}
+        cpu_before = {name: sum(process.cpu_times()[:2]) for name, process in watched.items()}
         run = Run()
         last_sample = 0.0
         while True:
@@ -132,8 +136,10 @@ class Pipeline:
                 for name, process in watched.items():
                     try:
                         rss = process.memory_info().rss
+                        cpu = sum(process.cpu_times()[:2]) - cpu_before.get(name, 0.0)
                     except psutil.NoSuchProcess:
                         continue
+                    run.cpu_seconds[name] = round(cpu, 2)
                     run.peak_rss[name] = max(run.peak_rss.get(name, 0), rss)
                     if name == "worker":
                         run.worker_rss.append((run.frames, rss))
@@ -162,32 +168,50 @@ class Pipeline:
         self.context.term()
 
 
-def model_fps(checkpoint: Path, clip: Path, mask: np.ndarray, args: argparse.Namespace) -> float:
-    """Bare `VideoSession.step` on the working-size frames of `clip`, decoded beforehand."""
+def _session(checkpoint: Path, args: argparse.Namespace) -> Any:
     import torch
 
-    from streamer.ingest import open_source
     from workers.xmem.checkpoint import load_network
     from workers.xmem.config import InferenceConfig
     from workers.xmem.session import VideoSession
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    with open_source(clip, target_size=args.size) as source:
+    network = load_network(str(checkpoint), device=args.device)
+    return VideoSession(network, InferenceConfig(), size=args.size, device=args.device)
+
+
+def model_fps(checkpoint: Path, clip: Path, mask: np.ndarray, args: argparse.Namespace) -> float:
+    """Bare `VideoSession.step` on the source frames of `clip`, decoded beforehand."""
+    import torch
+
+    from streamer.ingest import open_source
+
+    with open_source(clip, live=False) as source:
         frames = [frame.image for frame in source]
-        height, width = source.info.height, source.info.width
-    session = VideoSession(
-        load_network(str(checkpoint), device=args.device), InferenceConfig(), size=args.size
-    )
-    first = mask[:: max(1, height // frames[0].shape[0]), :: max(1, width // frames[0].shape[1])]
-    first = first[: frames[0].shape[0], : frames[0].shape[1]]
-    session.step(frames[0], first, output_size=(height, width))
+    session = _session(checkpoint, args)
+    session.step(frames[0], mask)
     started = time.perf_counter()
     for frame in frames[1:]:
-        session.step(frame, output_size=(height, width))
+        session.step(frame)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     return (len(frames) - 1) / (time.perf_counter() - started)
+
+
+def segment_fps(checkpoint: Path, clip: Path, mask: np.ndarray, args: argparse.Namespace, out: Path) -> float:
+    """`vosd segment` on `clip`, writing the outputs a daemon job writes (overlay, PNGs, RLE)."""
+    from streamer.ingest import open_source
+    from streamer.segment import segment_video
+    from streamer.writer import OutputWriter
+
+    session = _session(checkpoint, args)
+    with open_source(clip, live=False) as source:
+        info = source.info
+        writer = OutputWriter(fps=info.fps, source_size=(info.width, info.height),
+                              overlay_path=out / "overlay.mp4", masks_dir=out / "masks",
+                              rle_path=out / "masks.jsonl")
+        return segment_video(source, mask, session, writer).fps
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -203,6 +227,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=480, help="working size (shorter side)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--worker-threads", type=int, help="the worker's torch threads (default: --threads)")
     parser.add_argument("--resolution", default="640x480", help="source video size WxH")
     parser.add_argument("--frames", type=int, default=240, help="frames of the ratio clip")
     parser.add_argument("--long-frames", type=int, default=3000, help="frames of the memory clip (0: skip)")
@@ -223,15 +248,19 @@ def main() -> None:
         masks = write_moving_shape_video(clip, frames=args.frames, size=(width, height), objects=2)
         mask = write_first_mask(directory / "first.png", masks[0])
         bare = model_fps(checkpoint, clip, masks[0], args)
+        local = segment_fps(checkpoint, clip, masks[0], args, directory / "segment")
         pipeline = Pipeline(directory, args, checkpoint)
         try:
             batch = pipeline.run("ratio", str(clip), mask)
             steady = (len(batch.written_at) - 1) / (batch.written_at[-1] - batch.written_at[0])
             report.update(
                 model_fps=round(bare, 2),
+                segment_fps=round(local, 2),
                 pipeline_fps=round(steady, 2),
+                ratio_to_segment=round(steady / local, 3),
                 ratio=round(steady / bare, 3),
                 pipeline_fps_with_startup=round(batch.frames / batch.seconds, 2),
+                pipeline_cpu_s=batch.cpu_seconds,
             )
             if args.long_frames:
                 long_clip = directory / "long.mp4"

@@ -73,7 +73,7 @@ class RedisSettings(_Section):
 
 
 class TransportSettings(_Section):
-    """ZeroMQ endpoints and queue sizes. Queues count frames at the working resolution, not messages."""
+    """ZeroMQ endpoints and queue sizes. Queues count frames (at the source resolution), not messages."""
 
     worker_endpoint: str = Field(
         default="ipc://{data_dir}/run/worker-{index}.sock",

@@ -721,7 +721,6 @@ class Daemon:
             writer_endpoint=self.writer.endpoint if self.writer else "",
             events_endpoint=self.events_endpoint,
             queues=settings.queues,
-            size=settings.size,
             max_objects=settings.max_objects,
             options=job.inference,
             outputs=dict(job.outputs),

@@ -1,16 +1,24 @@
 """The decoder process: one per job, so a source that hangs or crashes takes down nothing but itself.
 
-It opens the source (streamer/ingest.py), checks the first-frame mask against it, then for every decoded
-frame sends the working-size image to the job's worker and the full-size image to the writer::
+It opens the source (streamer/ingest.py), checks the first-frame mask against it, then sends every decoded
+frame, at the source size, to the job's worker and to the writer::
 
-    decoder -> writer   JobStart (opens the outputs), full-size Frame..., Cancel
-    decoder -> worker   JobStart, working-size Frame..., EndOfStream | Cancel   (FrameSender, credits)
+    decoder -> writer   JobStart (opens the outputs), Frame..., Cancel
+    decoder -> worker   JobStart, Frame..., EndOfStream | Cancel   (FrameSender, credits)
     decoder -> daemon   Progress (frames_total when known), Error (source or mask unusable, worker refused),
                         SourceStatus (connecting / streaming / reconnecting, attempts, last error)
 
+Why the decoder does not resize: the worker's VideoSession does all preprocessing (normalise, then resize
+the normalised tensor, as XMem's eval.py does), exactly as `vosd segment` and `vosd eval` do, so the three
+give identical masks by construction. A uint8 resize here cannot reproduce it (it rounds before
+normalising), and calling the session's function here would import torch into every decoder (seconds per
+job start, hundreds of MiB each) to send float32 tensors that are larger than the uint8 source up to 720p
+(docs/architecture.md has the measured bytes and times). One source-size picture also serves worker and
+writer, so the decoder converts each frame once and never resizes.
+
 Batch jobs are lossless: `FrameSender.send_frame` blocks until the worker has room, so the decoder runs
 exactly as fast as the model. Live jobs never block: the sender keeps the newest frame and counts the ones
-it drops; the full-size copy goes to the writer only for frames that were actually handed to the worker,
+it drops; a frame goes to the writer only once it was actually handed to the worker,
 so the writer never waits for a mask that will not come.
 
 End of stream is a handshake (`FrameSender.finish` waits for the worker's EndAck), so the last frames of a
@@ -78,8 +86,6 @@ class DecoderSettings:
     writer_endpoint: str
     events_endpoint: str
     queues: QueueSettings = field(default_factory=QueueSettings)
-    size: int = 480
-    """Shorter side of the frames sent to the worker; -1 sends them at the source size."""
     max_objects: int = 16
     options: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
@@ -174,8 +180,6 @@ class Decoder:
             source = open_source(
                 self.settings.source,
                 live=self.settings.live,
-                target_size=None if self.settings.size < 0 else self.settings.size,
-                keep_source_image=True,
                 open_timeout=self.settings.open_timeout_s,
                 reconnect=ReconnectPolicy(
                     stall_timeout=self.settings.stall_timeout_s,
@@ -256,30 +260,27 @@ class Decoder:
                 break
             if time.monotonic() - self._source_reported >= SOURCE_STATUS_EVERY_S:
                 self._report_source(source.stats)
-            full, working = (
-                FrameMessage(
-                    job_id=job_id,
-                    index=decoded.index,
-                    image=image,
-                    pts=decoded.pts_seconds,
-                    capture_time=decoded.wall_time,
-                    source_size=tuple(decoded.source_size),
-                    dropped=sender.stats.dropped,
-                )
-                for image in (decoded.source_image, decoded.image)
+            frame = FrameMessage(
+                job_id=job_id,
+                index=decoded.index,
+                image=decoded.image,
+                pts=decoded.pts_seconds,
+                capture_time=decoded.wall_time,
+                source_size=tuple(decoded.source_size),
+                dropped=sender.stats.dropped,
             )
             if not self.settings.live:
-                self.writer.send(full)
-                sender.send_frame(working)
+                self.writer.send(frame)
+                sender.send_frame(frame)
                 continue
-            # Live: exactly the frames handed to the worker get their full-size copy sent to the writer.
+            # Live: exactly the frames handed to the worker are sent to the writer too.
             sent_before = sender.stats.sent
-            outcome = sender.send_frame(working)
+            outcome = sender.send_frame(frame)
             if outcome is SendOutcome.SENT:
-                self.writer.send(full)
+                self.writer.send(frame)
                 held = None
             elif outcome is SendOutcome.HELD:
-                held = full
+                held = frame
             elif sender.stats.sent > sent_before and held is not None:
                 self.writer.send(held)
                 held = None

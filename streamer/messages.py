@@ -268,7 +268,7 @@ class JobStart(_Message):
 
 @dataclass(frozen=True)
 class FrameMessage(_Message):
-    """One decoded frame at the worker's working resolution: ``uint8 (H, W, 3)`` RGB.
+    """One decoded frame at the source resolution (the worker resizes it): ``uint8 (H, W, 3)`` RGB.
 
     `pts` is the presentation time in seconds from the source (None when the source has none);
     `capture_time` is the wall clock (Unix seconds) when the decoder produced the frame, for latency.

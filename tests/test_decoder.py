@@ -71,7 +71,6 @@ class Peers:
             writer_endpoint=self.writer.endpoint,
             events_endpoint=self.events.endpoint,
             queues=QUEUES,
-            size=64,
             max_objects=4,
             outputs={"dir": "unused"},
             peer_timeout_s=10.0,
@@ -129,7 +128,7 @@ def _play_worker(
     raise AssertionError("the decoder never ended the stream")
 
 
-def test_batch_job_is_lossless_in_order_with_full_size_copies_for_the_writer(
+def test_batch_job_is_lossless_in_order_with_the_same_source_frames_for_worker_and_writer(
     clip, peers: Peers, start_process
 ) -> None:
     video, first, masks = clip
@@ -142,11 +141,13 @@ def test_batch_job_is_lossless_in_order_with_full_size_copies_for_the_writer(
     assert start.source_size == (160, 120) and start.fps == 24.0 and not start.live
     np.testing.assert_array_equal(start.mask, masks[0])
     assert [f.index for f in frames] == list(range(36))
-    assert all(f.image.shape == (64, 85, 3) for f in frames)  # working size: shorter side 64, aspect kept
+    # Source size: the worker's VideoSession does all preprocessing, as `vosd segment` does.
+    assert all(f.image.shape == (120, 160, 3) for f in frames)
     assert (end.frames_total, end.frames_sent, end.frames_dropped) == (36, 36, 0)
     full = [m for m in peers.seen_by_writer if isinstance(m, FrameMessage)]
     assert isinstance(peers.seen_by_writer[0], JobStart)
-    assert [f.index for f in full] == list(range(36)) and all(f.image.shape == (120, 160, 3) for f in full)
+    assert [f.index for f in full] == list(range(36))
+    assert all(np.array_equal(f.image, w.image) for f, w in zip(full, frames))
     totals = [m.frames_total for m in peers.seen_by_daemon if isinstance(m, Progress)]
     assert totals == [36]
     assert not [m for m in peers.seen_by_daemon if isinstance(m, ErrorMessage)]

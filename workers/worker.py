@@ -88,7 +88,7 @@ class WorkerSettings:
     max_jobs: int = 4
     max_objects: int = 16
     threads: int = 0
-    """Torch intra-op threads on CPU; 0 leaves torch's default."""
+    """Torch intra-op threads; 0: on CPU every core but one (`default_threads`), else torch's default."""
     heartbeat_s: float = 1.0
     peer_timeout_s: float = 30.0
 
@@ -206,14 +206,10 @@ class Worker:
         if job is None:
             return  # the job failed here; its decoder is being stopped by the daemon
         started = time.perf_counter()
-        mask = None
-        if job.first_mask is not None:
-            mask = fit_mask(job.first_mask, frame.image.shape[:2])
-            job.first_mask = None
-        width, height = frame.source_size
+        mask, job.first_mask = job.first_mask, None
         try:
-            # A writable copy: the received frame is read-only message memory, which torch refuses to wrap.
-            result = job.session.step(np.array(frame.image), mask, output_size=(height, width))
+            # Source-size frame and mask: the session does all preprocessing, as in `vosd segment` and eval.
+            result = job.session.step(frame.image, mask)
         except Exception as exc:  # any failure of one job must not take the worker down
             logger.exception("job=%s frame=%d step failed", frame.job_id, frame.index)
             self._fail(frame.job_id, "inference", f"segmenting frame {frame.index} failed: {exc}")
@@ -283,13 +279,12 @@ def check_first_mask(mask: np.ndarray | None, source_size: tuple[int, int], max_
         )
 
 
-def fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The first-frame mask at the working frame's (H, W), nearest neighbour so labels stay labels."""
-    if mask.shape == size:
-        return mask
-    rows = (np.arange(size[0]) * mask.shape[0] // size[0]).astype(np.intp)
-    cols = (np.arange(size[1]) * mask.shape[1] // size[1]).astype(np.intp)
-    return mask[rows[:, None], cols[None, :]]
+def default_threads(device: str, cores: int) -> int:
+    """Torch threads of a worker on `device` when not configured: on CPU, leave one core to the decoders and
+    the writer (decoding, H.264 encoding). Torch's threads wait for each other at every operation, so
+    one of them preempted by those processes stalls the rest: on 2 cores the daemon ran at 0.64 of
+    `vosd segment`'s FPS with 2 threads and above it with 1 (benchmarks/pipeline.py, docs/architecture.md)."""
+    return max(1, cores - 1) if device == "cpu" else cores
 
 
 def run_worker(settings: WorkerSettings) -> None:
@@ -301,8 +296,9 @@ def run_worker(settings: WorkerSettings) -> None:
 
     from workers.xmem.checkpoint import load_network
 
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    threads = settings.threads or default_threads(settings.device, torch.get_num_threads())
+    torch.set_num_threads(threads)
+    logger.info("worker=%s torch threads=%d", settings.name, threads)
     network = load_network(settings.checkpoint, device=settings.device)
     context = zmq.Context()
     worker = Worker(settings, network, context)
