@@ -123,6 +123,7 @@ def rig(ipc_dir: Path, checkpoint: Path, start_process) -> Iterator[Rig]:
         events_endpoint=events.endpoint,
         queues=QUEUES,
         inference={"mem_every": 3},
+        size=64,
         max_jobs=2,
         max_objects=3,
         threads=1,
