@@ -8,6 +8,10 @@ frame sends the working-size image to the job's worker and the full-size image t
     decoder -> daemon   Progress (frames_total when known), Error (source or mask unusable, worker refused),
                         SourceStatus (connecting / streaming / reconnecting, attempts, last error)
 
+A batch job resumed from a checkpoint at frame N (``outputs["resume_from"]``, streamer/resume.py) still
+decodes frames 0..N-1, but sends them only to the writer, which re-encodes the overlay from them with the
+masks it kept; without an overlay they go nowhere. The worker gets frames N.. only.
+
 Batch jobs are lossless: `FrameSender.send_frame` blocks until the worker has room, so the decoder runs
 exactly as fast as the model. Live jobs never block: the sender keeps the newest frame and counts the ones
 it drops; the full-size copy goes to the writer only for frames that were actually handed to the worker,
@@ -249,6 +253,8 @@ class Decoder:
         """Batch: every frame, waiting for room. Live: the newest frame, counting drops."""
         job_id = self.settings.job_id
         held: FrameMessage | None = None
+        resume_from = self.settings.outputs.get("resume_from", 0)
+        overlay = self.settings.outputs.get("overlay", False)
         for decoded in source:
             if self.settings.max_frames is not None and decoded.index >= self.settings.max_frames:
                 break
@@ -269,8 +275,10 @@ class Decoder:
                 for image in (decoded.source_image, decoded.image)
             )
             if not self.settings.live:
-                self.writer.send(full)
-                sender.send_frame(working)
+                if overlay or decoded.index >= resume_from:
+                    self.writer.send(full)
+                if decoded.index >= resume_from:  # earlier frames are in the checkpoint (resume.py)
+                    sender.send_frame(working)
                 continue
             # Live: exactly the frames handed to the worker get their full-size copy sent to the writer.
             sent_before = sender.stats.sent
