@@ -15,8 +15,9 @@ heartbeats that also carry progress, and writes final states.
 Failure handling, the part users of other queues complain about:
 
 * a worker or the writer that dies (or stops sending heartbeats for `process_timeout_s`) is restarted
-  at once; its jobs are re-run from frame 0 on a live worker, and the writer's duplicate handling means
-  each frame is still written exactly once. A job re-run `max_attempts` times is given up
+  at once; its jobs are re-run on a live worker, from their last checkpoint when the outputs still hold
+  its frames (streamer/resume.py; `resumed_from` in the status) or else from frame 0, and the writer's
+  duplicate handling means each frame is still written exactly once. A job re-run `max_attempts` times is given up
   (`JobQueue.give_up`: failed, with a dead-letter entry). The status hash counts every run (`runs`);
 * a decoder that crashes re-runs its job the same way; a decoder that reports an error (unopenable,
   corrupt or truncated source, unusable mask) fails its job with that message, and nothing else stops.

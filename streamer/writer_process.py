@@ -2,12 +2,17 @@
 
 Why a process of its own: H.264 encoding and PNG compression cost CPU that must not slow the model, and
 outputs must survive a worker crash: this process keeps a job's half-written outputs while the daemon
-restarts the worker and re-runs the job from frame 0.
+restarts the worker and re-runs the job from its last checkpoint or from frame 0.
+
+Checkpoints (streamer/resume.py): the worker's `CheckpointSaved` for frame N is promoted once the masks of
+frames 0..N-1 are written, so the daemon never resumes ahead of the outputs. A run resumed at N sends
+frames 0..N-1 without masks (overlay only; `OutputWriter(resume=True)` reuses the kept PNGs when this
+process is not the one that wrote them), and completion expects N + the frames sent to the worker.
 
 Messages (one PULL socket, `ResultCollector`)::
 
     decoder -> writer   JobStart (opens the outputs), full-size Frame..., Cancel
-    worker  -> writer   Mask..., EndOfStream (forwarded after the last mask), Cancel
+    worker  -> writer   Mask..., CheckpointSaved, EndOfStream (forwarded after the last mask), Cancel
     daemon  -> writer   Cancel (the job is stopping), Shutdown
     writer  -> daemon   Progress (frames written, dropped, fps, latency), EndOfStream (outputs complete,
                         under their final names), Cancel (outputs discarded), Error (outputs cannot be

@@ -7,7 +7,7 @@ process (streamer/transport.py) and nowhere else.
 Messages::
 
     decoder -> worker   JobStart, Frame..., EndOfStream | Cancel        (FrameInbox, credit flow control)
-    worker  -> writer   Mask..., EndOfStream | Cancel (forwarded)        (ResultSender, lossless)
+    worker  -> writer   Mask..., CheckpointSaved, EndOfStream | Cancel   (ResultSender, lossless)
     worker  -> daemon   Heartbeat (every `heartbeat_s`), Error (a job failed here)
     daemon  -> worker   Shutdown (drain: finish held jobs first)
 
@@ -19,6 +19,10 @@ A job leaves this worker by its decoder's EndOfStream or Cancel. A decoder that 
 either (SIGKILL after the daemon's stop grace, a crash) is noticed by the daemon, which sends the Cancel
 in its place (`transport.release_job`); so no job holds a session here after its decoder is gone, and
 there is no idle timeout that could drop a live job whose camera is reconnecting.
+
+Batch jobs are checkpointed every `checkpoint_every_s` (streamer/resume.py): the session state goes next
+to the job's outputs, and a JobStart with ``outputs["resume_from"]`` = N loads it and continues at frame
+N, bit-identically, instead of starting over from the first-frame mask.
 
 Per-job options are daemon-wide inference options overridden by the job's own (JobStart.options), so one
 job can use a different `mem_every` without touching the others. A job whose mask or options cannot be
