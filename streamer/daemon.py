@@ -17,8 +17,8 @@ Failure handling, the part users of other queues complain about:
 * a worker or the writer that dies (or stops sending heartbeats for `process_timeout_s`) is restarted
   at once; its jobs are re-run on a live worker, from their last checkpoint when the outputs still hold
   its frames (streamer/resume.py; `resumed_from` in the status) or else from frame 0, and the writer's
-  duplicate handling means each frame is still written exactly once. A job re-run `max_attempts` times is given up
-  (`JobQueue.give_up`: failed, with a dead-letter entry). The status hash counts every run (`runs`);
+  duplicate handling means each frame is still written exactly once. A job re-run `max_attempts` times is
+  given up (`JobQueue.give_up`: failed, with a dead-letter entry). The status hash counts every run (`runs`);
 * a decoder that crashes re-runs its job the same way; a decoder that reports an error (unopenable,
   corrupt or truncated source, unusable mask) fails its job with that message, and nothing else stops.
   A decoder that died without cancelling its job on the worker (crash, SIGKILL) is replaced there by
@@ -506,7 +506,9 @@ class Daemon:
         if not output_dir.is_dir():
             return
         for directory in sorted(p for p in output_dir.iterdir() if p.is_dir()):
-            parts = [p for p in directory.iterdir() if p.name.endswith(PART_SUFFIX)]
+            parts = [  # checkpoints (streamer/resume.py) are only worth anything with the .part outputs
+                p for p in directory.iterdir() if p.name.endswith(PART_SUFFIX) or p.name == resume.DIRECTORY
+            ]
             if not parts:
                 continue
             try:
