@@ -169,6 +169,11 @@ class WorkerSettings(_Section):
     model_path: str = Field(
         default="", description="XMem checkpoint (.pth). Empty: the bundled default weights.",
     )
+    checkpoint_every_s: float = Field(
+        default=30.0, ge=0,
+        description="Save a batch job's XMem memory this often next to its outputs, so a re-run after a "
+        "crash resumes there instead of at frame 0; 0 = never. Live jobs restart fresh.",
+    )
 
     @field_validator("devices")
     @classmethod

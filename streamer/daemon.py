@@ -15,9 +15,10 @@ heartbeats that also carry progress, and writes final states.
 Failure handling, the part users of other queues complain about:
 
 * a worker or the writer that dies (or stops sending heartbeats for `process_timeout_s`) is restarted
-  at once; its jobs are re-run from frame 0 on a live worker, and the writer's duplicate handling means
-  each frame is still written exactly once. A job re-run `max_attempts` times is given up
-  (`JobQueue.give_up`: failed, with a dead-letter entry). The status hash counts every run (`runs`);
+  at once; its jobs are re-run on a live worker, from their last checkpoint when the outputs still hold
+  its frames (streamer/resume.py; `resumed_from` in the status) or else from frame 0, and the writer's
+  duplicate handling means each frame is still written exactly once. A job re-run `max_attempts` times is
+  given up (`JobQueue.give_up`: failed, with a dead-letter entry). The status hash counts every run (`runs`);
 * a decoder that crashes re-runs its job the same way; a decoder that reports an error (unopenable,
   corrupt or truncated source, unusable mask) fails its job with that message, and nothing else stops.
   A decoder that died without cancelling its job on the worker (crash, SIGKILL) is replaced there by
@@ -66,6 +67,7 @@ from typing import Any
 import redis
 import zmq
 
+from streamer import resume
 from streamer.config import VosdConfig
 from streamer.decoder import DecoderSettings, run_decoder
 from streamer.jobs import Claim, HeartbeatStatus, JobNotFound, JobProgress, JobQueue, JobState, KeyNames
@@ -159,6 +161,8 @@ class DaemonSettings:
     finish_timeout_s: float = 60.0
     """After its decoder ended normally, how long a job may wait for the writer to write another frame
     (each frame written restarts the wait) or complete its outputs."""
+    checkpoint_every_s: float = 30.0
+    """How often workers checkpoint a batch job's session, so a re-run resumes there; 0 = never."""
 
     @classmethod
     def from_config(cls, config: VosdConfig, **overrides: Any) -> DaemonSettings:
@@ -205,6 +209,7 @@ class DaemonSettings:
             reconnect_give_up_s=config.sources.reconnect_give_up_s or None,
             peer_timeout_s=config.transport.peer_timeout_s,
             end_of_stream_timeout_s=config.transport.end_of_stream_timeout_s,
+            checkpoint_every_s=config.workers.checkpoint_every_s,
         )
         values.update(overrides)
         return cls(**values)
@@ -273,6 +278,8 @@ class DaemonJob:
     decoder: multiprocessing.context.SpawnProcess | None = None
     runs: int = 0
     """Runs started by this daemon; the status hash adds the runs of earlier holders."""
+    resumed_from: int | None = None
+    """Frame the latest run here started at (a checkpoint's, or 0); None before the first run."""
     frames_done: int = 0
     frames_total: int | None = None
     fps: float = 0.0
@@ -313,6 +320,7 @@ class DaemonJob:
             reconnect_attempts=self.source.attempts if self.source else None,
             source_error=self.source.error if self.source else None,
             last_frame_at=self.source.last_frame_at if self.source else None,
+            resumed_from=self.resumed_from,
         )
 
 
@@ -470,6 +478,7 @@ class Daemon:
                 max_objects=settings.max_objects,
                 threads=settings.torch_threads,
                 peer_timeout_s=settings.peer_timeout_s,
+                checkpoint_every_s=settings.checkpoint_every_s,
             )
             self.workers.append(
                 Child(
@@ -497,7 +506,9 @@ class Daemon:
         if not output_dir.is_dir():
             return
         for directory in sorted(p for p in output_dir.iterdir() if p.is_dir()):
-            parts = [p for p in directory.iterdir() if p.name.endswith(PART_SUFFIX)]
+            parts = [  # checkpoints (streamer/resume.py) are only worth anything with the .part outputs
+                p for p in directory.iterdir() if p.name.endswith(PART_SUFFIX) or p.name == resume.DIRECTORY
+            ]
             if not parts:
                 continue
             try:
@@ -596,6 +607,10 @@ class Daemon:
             if job.phase is JobPhase.SETTLING:
                 self._settle(job, complete=None)
         elif isinstance(message, ErrorMessage):
+            if message.code == "rejected" and job.outputs.get("resume_from"):
+                resume.discard(job.outputs)  # the worker could not use the checkpoint: start over
+                self._rerun(job, f"resuming was refused: {message.message}")
+                return
             logger.warning("job=%s failed code=%s: %s", job.job_id, message.code, message.message)
             outcome = Outcome.CANCELLED if message.code == "stopped" else Outcome.FAILED
             self._end(job, Ending(outcome, message.message))
@@ -648,7 +663,7 @@ class Daemon:
         if job.runs >= self.settings.max_attempts:
             self._end(job, Ending(Outcome.GIVEN_UP, f"gave up after {job.runs} runs; last: {reason}"))
             return
-        logger.warning("job=%s re-run from frame 0 (run %d failed: %s)", job.job_id, job.runs, reason)
+        logger.warning("job=%s re-run (run %d failed: %s)", job.job_id, job.runs, reason)
         job.phase = JobPhase.WAITING
 
     def _release_worker(self, job: DaemonJob) -> None:
@@ -712,6 +727,10 @@ class Daemon:
         job.runs += 1
         job.worker = worker
         job.outputs["attempt"] = job.runs
+        ran_before = job.runs > 1 or job.claim.job.runs > 0
+        resumable = ran_before and resume.resumable(job.outputs, job.claim.job.live)
+        job.resumed_from = resume.resume_point(job.outputs) if resumable else 0
+        job.outputs["resume_from"] = job.resumed_from
         decoder_settings = DecoderSettings(
             job_id=job.job_id,
             source=job.claim.job.source,
@@ -738,7 +757,8 @@ class Daemon:
         job.decoder = self._spawn(run_decoder, decoder_settings)
         job.phase = JobPhase.RUNNING
         logger.info(
-            "job=%s run=%d worker=%s decoder pid=%s", job.job_id, job.runs, worker.name, job.decoder.pid
+            "job=%s run=%d worker=%s decoder pid=%s from frame %d",
+            job.job_id, job.runs, worker.name, job.decoder.pid, job.resumed_from,
         )
         self._last_heartbeat = 0.0  # records the new run in the status hash with the next Redis round
 
@@ -766,6 +786,7 @@ class Daemon:
         else:
             assert job.ending is not None
             job.final = (job.ending.outcome, job.ending.reason)
+        resume.discard(job.outputs)  # ended here (or handed back with its outputs discarded)
         if job.phase is not JobPhase.SETTLING:  # completed while running: the decoder is exiting by itself
             job.stop_deadline = time.monotonic() + self.settings.stop_grace_s
             self._signal_decoder(job, signal.SIGTERM)

@@ -16,6 +16,10 @@ job start, hundreds of MiB each) to send float32 tensors that are larger than th
 (docs/architecture.md has the measured bytes and times). One source-size picture also serves worker and
 writer, so the decoder converts each frame once and never resizes.
 
+A batch job resumed from a checkpoint at frame N (``outputs["resume_from"]``, streamer/resume.py) still
+decodes frames 0..N-1, but sends them only to the writer, which re-encodes the overlay from them with the
+masks it kept; without an overlay they go nowhere. The worker gets frames N.. only.
+
 Batch jobs are lossless: `FrameSender.send_frame` blocks until the worker has room, so the decoder runs
 exactly as fast as the model. Live jobs never block: the sender keeps the newest frame and counts the ones
 it drops; a frame goes to the writer only once it was actually handed to the worker,
@@ -253,6 +257,8 @@ class Decoder:
         """Batch: every frame, waiting for room. Live: the newest frame, counting drops."""
         job_id = self.settings.job_id
         held: FrameMessage | None = None
+        resume_from = self.settings.outputs.get("resume_from", 0)
+        overlay = self.settings.outputs.get("overlay", False)
         for decoded in source:
             if self.settings.max_frames is not None and decoded.index >= self.settings.max_frames:
                 break
@@ -270,8 +276,10 @@ class Decoder:
                 dropped=sender.stats.dropped,
             )
             if not self.settings.live:
-                self.writer.send(frame)
-                sender.send_frame(frame)
+                if overlay or decoded.index >= resume_from:
+                    self.writer.send(frame)
+                if decoded.index >= resume_from:  # earlier frames are in the checkpoint (resume.py)
+                    sender.send_frame(frame)
                 continue
             # Live: exactly the frames handed to the worker are sent to the writer too.
             sent_before = sender.stats.sent

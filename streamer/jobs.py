@@ -153,6 +153,11 @@ class JobRecord(BaseModel):
         description="Runs from frame 0 so far, over every holder: a daemon's re-run after a worker, "
         "writer or decoder crash, a re-take after a daemon died and a resume after a hand-back each add one.",
     )
+    resumed_from: int | None = Field(
+        default=None,
+        description="Frame the latest run started at: a checkpoint's (streamer/resume.py), or 0 when it "
+        "started from the first frame.",
+    )
     latency_p50_s: float | None = Field(
         default=None,
         description="Live jobs: seconds from a frame's arrival at the decoder to its mask written, median "
@@ -234,6 +239,7 @@ class JobProgress:
     dropped_frames: int = 0
     frames_total: int | None = None
     runs: int | None = None
+    resumed_from: int | None = None
     latency_p50_s: float | None = None
     latency_p95_s: float | None = None
     source_state: str | None = None
@@ -249,6 +255,7 @@ class JobProgress:
             "dropped_frames": self.dropped_frames,
             "frames_total": self.frames_total,
             "runs": self.runs,
+            "resumed_from": self.resumed_from,
             "latency_p50_s": None if self.latency_p50_s is None else f"{self.latency_p50_s:.4f}",
             "latency_p95_s": None if self.latency_p95_s is None else f"{self.latency_p95_s:.4f}",
             "source_state": self.source_state,

@@ -11,7 +11,8 @@ Who sends what (see streamer/transport.py for the sockets):
 
     decoder -> worker   JobStart, Frame..., EndOfStream | Cancel
     worker  -> decoder  Credit (flow control), EndAck, Error
-    worker  -> writer   JobStart (forwarded), Mask..., EndOfStream (forwarded) | Cancel, Progress
+    worker  -> writer   JobStart (forwarded), Mask..., CheckpointSaved, EndOfStream (forwarded) | Cancel,
+                        Progress
     daemon  -> any      Shutdown
     any     -> daemon   Heartbeat, Progress, Error
     decoder -> daemon   SourceStatus (connecting, streaming, reconnecting: for the job's status)
@@ -66,6 +67,7 @@ class MessageKind(str, Enum):
     HEARTBEAT = "heartbeat"
     ERROR = "error"
     SOURCE_STATUS = "source_status"
+    CHECKPOINT_SAVED = "checkpoint_saved"
 
 
 class MessageError(ValueError):
@@ -410,6 +412,16 @@ class SourceStatus(_Message):
     """Unix time of the last decoded frame; None before the first."""
 
 
+@dataclass(frozen=True)
+class CheckpointSaved(_Message):
+    """The worker saved the job's session after frames 0..`frame`-1 (streamer/resume.py); sent after the
+    mask of frame `frame`-1, so the writer can vouch for it once it has written that mask."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.CHECKPOINT_SAVED
+    job_id: str
+    frame: int = field(metadata=_wire(minimum=1))
+
+
 Message = Union[
     JobStart,
     FrameMessage,
@@ -423,6 +435,7 @@ Message = Union[
     Heartbeat,
     ErrorMessage,
     SourceStatus,
+    CheckpointSaved,
 ]
 
 _CLASSES: dict[MessageKind, type[Message]] = {cls.KIND: cls for cls in get_args(Message)}

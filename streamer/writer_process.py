@@ -2,12 +2,17 @@
 
 Why a process of its own: H.264 encoding and PNG compression cost CPU that must not slow the model, and
 outputs must survive a worker crash: this process keeps a job's half-written outputs while the daemon
-restarts the worker and re-runs the job from frame 0.
+restarts the worker and re-runs the job from its last checkpoint or from frame 0.
+
+Checkpoints (streamer/resume.py): the worker's `CheckpointSaved` for frame N is promoted once the masks of
+frames 0..N-1 are written, so the daemon never resumes ahead of the outputs. A run resumed at N sends
+frames 0..N-1 without masks (overlay only; `OutputWriter(resume=True)` reuses the kept PNGs when this
+process is not the one that wrote them), and completion expects N + the frames sent to the worker.
 
 Messages (one PULL socket, `ResultCollector`)::
 
     decoder -> writer   JobStart (opens the outputs), full-size Frame..., Cancel
-    worker  -> writer   Mask..., EndOfStream (forwarded after the last mask), Cancel
+    worker  -> writer   Mask..., CheckpointSaved, EndOfStream (forwarded after the last mask), Cancel
     daemon  -> writer   Cancel (the job is stopping), Shutdown
     writer  -> daemon   Progress (frames written, dropped, fps, latency), EndOfStream (outputs complete,
                         under their final names), Cancel (outputs discarded), Error (outputs cannot be
@@ -49,8 +54,10 @@ from typing import Any
 
 import zmq
 
+from streamer import resume
 from streamer.messages import (
     Cancel,
+    CheckpointSaved,
     EndOfStream,
     ErrorMessage,
     FrameMessage,
@@ -134,6 +141,10 @@ class WriterJob:
     phase: JobPhase = JobPhase.OPEN
     last_index: int = -1
     """Highest source index written in the current run."""
+    resume_from: int = 0
+    """The run started from a checkpoint at this frame: earlier frames come without masks (resume.py)."""
+    checkpoints: list[int] = field(default_factory=list)
+    """Frames of checkpoints the worker saved that wait for their masks to be written."""
     written: int = 0
     dropped: int = 0
     latency_s: float | None = None
@@ -195,6 +206,8 @@ class WriterLoop:
             elif isinstance(message, EndOfStream):
                 job.end = message
                 job.phase = JobPhase.ENDING
+            elif isinstance(message, CheckpointSaved):
+                job.checkpoints.append(message.frame)
             else:
                 logger.warning("job=%s unexpected kind=%s", job.start.job_id, message.KIND.value)
             self._join(job)
@@ -215,6 +228,7 @@ class WriterLoop:
                 job.masks.clear()
                 job.last_index = -1
             job.end, job.phase, job.start = None, JobPhase.OPEN, start
+            job.resume_from = start.outputs.get("resume_from", 0)
             logger.info(
                 "job=%s re-run attempt=%s written_so_far=%d",
                 job_id,
@@ -226,6 +240,7 @@ class WriterLoop:
         from streamer.writer import OutputWriter
 
         paths = output_paths(start.outputs)
+        resume_from = start.outputs.get("resume_from", 0)
         try:
             output = OutputWriter(
                 fps=start.fps or 25.0,
@@ -236,14 +251,22 @@ class WriterLoop:
                 alpha=self.settings.alpha,
                 crf=self.settings.crf,
                 preset=self.settings.preset,
+                resume=resume_from > 0,
             )
+            if output.resume_from < resume_from:
+                output.abort()
+                raise ValueError(f"only {output.resume_from} masks of the {resume_from} frames before the "
+                                 "checkpoint are kept")
         except (OSError, ValueError) as exc:
             error = ErrorMessage(code="writer", message=f"cannot create outputs: {exc}", job_id=job_id)
             self.events.report(error)
             self._remember(job_id, JobPhase.FAILED, None)
             return
-        self.jobs[job_id] = WriterJob(start=start, output=output)
-        logger.info("job=%s outputs opened %s", job_id, paths)
+        job = WriterJob(start=start, output=output, resume_from=resume_from, written=output.frames_written)
+        if "overlay" not in paths:  # frames before the checkpoint are not sent: nothing to re-encode
+            job.last_index = resume_from - 1
+        self.jobs[job_id] = job
+        logger.info("job=%s outputs opened %s resume_from=%d", job_id, paths, resume_from)
 
     def _cancel(self, cancel: Cancel) -> None:
         """Discard the job's outputs unless already complete, and answer which it was (module docstring)."""
@@ -258,6 +281,11 @@ class WriterLoop:
         job.dropped = max(job.dropped, frame.dropped)
         if frame.index <= job.last_index:
             return  # already written by an earlier run
+        if frame.index < job.resume_from:  # for the overlay only: its mask is the one kept on disk
+            job.output.write(frame.index, frame.image, None)
+            job.last_index = frame.index
+            job.written = job.output.frames_written
+            return
         job.frames[frame.index] = frame
         if len(job.frames) > self.settings.max_buffered_frames:
             oldest = min(job.frames)
@@ -290,20 +318,31 @@ class WriterLoop:
             job.latency_s = time.time() - mask.capture_time
             if self.settings.progress_interval_s == 0 or job.start.live:
                 self._send_progress(job)
+        self._promote_checkpoint(job)
         if job.phase is JobPhase.ENDING and not job.masks:
             self._complete(job)
+
+    def _promote_checkpoint(self, job: WriterJob) -> None:
+        """Vouch for the newest checkpoint whose frames are all written (streamer/resume.py)."""
+        ready = [frame for frame in job.checkpoints if frame <= job.last_index + 1]
+        if ready:
+            job.checkpoints = [frame for frame in job.checkpoints if frame > max(ready)]
+            if resume.promote(job.start.outputs, max(ready)):
+                logger.info("job=%s checkpoint at frame %d is usable", job.start.job_id, max(ready))
 
     def _complete(self, job: WriterJob) -> None:
         assert job.end is not None
         job_id = job.start.job_id
-        if not job.start.live and job.written != job.end.frames_sent:
+        expected = job.resume_from + job.end.frames_sent  # frames before the checkpoint were not sent
+        if not job.start.live and job.written != expected:
             self._abort(
                 job_id,
                 JobPhase.FAILED,
-                f"outputs incomplete: {job.written} of {job.end.frames_sent} frames written",
+                f"outputs incomplete: {job.written} of {expected} frames written",
             )
             return
         report = job.output.close()
+        resume.discard(job.start.outputs)
         done = EndOfStream(
             job_id=job_id,
             frames_total=report.frames_written,
@@ -327,6 +366,7 @@ class WriterLoop:
         if job is None:
             return
         job.output.abort()
+        resume.discard(job.start.outputs)
         remove_if_empty(Path(job.start.outputs["dir"]))
         self._remember(job_id, phase, None)
         if phase is JobPhase.FAILED:

@@ -286,7 +286,7 @@ def test_worker_killed_mid_job_is_restarted_and_the_job_completes_exactly_once(s
     assert (record.runs, record.attempts) == (2, 1)  # re-run by the daemon: one delivery, two runs
     _assert_complete_outputs(record, 96)
     assert served.pids()["worker-0"] != worker
-    assert "re-run from frame 0 (run 1 failed: worker-0 died (exit code -9))" in served.log.read_text()
+    assert "re-run (run 1 failed: worker-0 died (exit code -9))" in served.log.read_text()
 
 
 def test_cancel_of_a_running_job_stops_it_and_leaves_no_outputs(

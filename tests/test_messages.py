@@ -11,6 +11,7 @@ import zmq
 from streamer.messages import (
     PROTOCOL_VERSION,
     Cancel,
+    CheckpointSaved,
     Credit,
     EndAck,
     EndOfStream,
@@ -67,6 +68,7 @@ def test_every_kind_round_trips() -> None:
         ErrorMessage(code="decode_failed", message="bad packet", job_id=None),
         SourceStatus(job_id="job-a", state="reconnecting", attempts=3, error="refused", last_frame_at=9.5),
         SourceStatus(job_id="job-b", state="connecting"),
+        CheckpointSaved(job_id="job-a", frame=18),
     ]
     assert {type(m).KIND for m in messages} == set(MessageKind)
     for message in messages:

@@ -7,7 +7,7 @@ process (streamer/transport.py) and nowhere else.
 Messages::
 
     decoder -> worker   JobStart, Frame..., EndOfStream | Cancel        (FrameInbox, credit flow control)
-    worker  -> writer   Mask..., EndOfStream | Cancel (forwarded)        (ResultSender, lossless)
+    worker  -> writer   Mask..., CheckpointSaved, EndOfStream | Cancel   (ResultSender, lossless)
     worker  -> daemon   Heartbeat (every `heartbeat_s`), Error (a job failed here)
     daemon  -> worker   Shutdown (drain: finish held jobs first)
 
@@ -20,6 +20,10 @@ either (SIGKILL after the daemon's stop grace, a crash) is noticed by the daemon
 in its place (`transport.release_job`); so no job holds a session here after its decoder is gone, and
 there is no idle timeout that could drop a live job whose camera is reconnecting.
 
+Batch jobs are checkpointed every `checkpoint_every_s` (streamer/resume.py): the session state goes next
+to the job's outputs, and a JobStart with ``outputs["resume_from"]`` = N loads it and continues at frame
+N, bit-identically, instead of starting over from the first-frame mask.
+
 Per-job options are daemon-wide inference options overridden by the job's own (JobStart.options), so one
 job can use a different `mem_every` without touching the others. A job whose mask or options cannot be
 used is rejected at JobStart with a sentence that says why; the decoder reports it to the daemon.
@@ -27,11 +31,13 @@ used is rejected at JobStart with a sentence that says why; the decoder reports 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -40,6 +46,7 @@ import zmq
 
 from streamer.messages import (
     Cancel,
+    CheckpointSaved,
     EndOfStream,
     ErrorMessage,
     FrameMessage,
@@ -50,6 +57,7 @@ from streamer.messages import (
     Shutdown,
 )
 from streamer.lifeline import exit_with_parent
+from streamer.resume import checkpoint_path, pending_path, resumable
 from streamer.transport import EventReporter, FrameInbox, QueueSettings, ResultSender, TransportError
 
 logger = logging.getLogger(__name__)
@@ -91,6 +99,8 @@ class WorkerSettings:
     """Torch intra-op threads; 0: on CPU every core but one (`default_threads`), else torch's default."""
     heartbeat_s: float = 1.0
     peer_timeout_s: float = 30.0
+    checkpoint_every_s: float = 0.0
+    """Save a batch job's session this often (streamer/resume.py) so a re-run resumes; 0 = never."""
 
 
 @dataclass
@@ -102,6 +112,10 @@ class WorkerJob:
     first_mask: np.ndarray | None
     frames: int = 0
     seconds: float = 0.0
+    checkpoint_due: float | None = None
+    """Monotonic time of the next checkpoint; None for jobs that are not checkpointed."""
+    pending: Path | None = None
+    """The last checkpoint saved here, until the writer promotes it."""
 
 
 class JobSetupError(ValueError):
@@ -176,18 +190,25 @@ class Worker:
                 raise JobSetupError(f"worker {self.settings.name} already runs {self.settings.max_jobs} jobs")
             check_first_mask(start.mask, start.source_size, self.settings.max_objects)
             session = self._session(start.options)
+            resume_from = start.outputs.get("resume_from", 0)
+            if resume_from:
+                load_checkpoint(session, start, resume_from)
         except JobSetupError as exc:
             logger.warning("job=%s rejected reason=%s", start.job_id, exc)
             self.inbox.reject(start, str(exc))
             return
-        self.jobs[start.job_id] = WorkerJob(start=start, session=session, first_mask=start.mask)
+        job = WorkerJob(start=start, session=session, first_mask=None if resume_from else start.mask)
+        if self.settings.checkpoint_every_s > 0 and resumable(start.outputs, start.live):
+            job.checkpoint_due = time.monotonic() + self.settings.checkpoint_every_s
+        self.jobs[start.job_id] = job
         self.inbox.accept(start)
         logger.info(
-            "job=%s accepted worker=%s live=%s jobs=%d",
+            "job=%s accepted worker=%s live=%s jobs=%d resume_from=%d",
             start.job_id,
             self.settings.name,
             start.live,
             len(self.jobs),
+            resume_from,
         )
 
     def _session(self, overrides: dict[str, Any]) -> Any:
@@ -228,9 +249,37 @@ class Worker:
                 timings={"step": elapsed},
             ),
         )
+        if job.checkpoint_due is not None and time.monotonic() >= job.checkpoint_due:
+            self._checkpoint(job, frame.index + 1)
+
+    def _checkpoint(self, job: WorkerJob, frame: int) -> None:
+        """Save the session after frames 0..frame-1 and tell the writer, which promotes the file once
+        those frames' masks are written (streamer/resume.py). A failed save costs only the resume."""
+        from workers.xmem.session import save_state
+
+        job_id = job.start.job_id
+        started = time.perf_counter()
+        path = pending_path(job.start.outputs, frame)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            size = save_state({"job_id": job_id, "frame": frame, "session": job.session.state_dict()}, path)
+        except OSError as exc:
+            logger.warning("job=%s checkpoint at frame %d not saved: %s", job_id, frame, exc)
+        else:
+            logger.info("job=%s checkpoint frame=%d bytes=%d ms=%.1f", job_id, frame, size,
+                        1000 * (time.perf_counter() - started))
+            job.pending = path
+            self._send_result(job_id, CheckpointSaved(job_id=job_id, frame=frame))
+        job.checkpoint_due = time.monotonic() + self.settings.checkpoint_every_s
 
     def _close(self, message: EndOfStream | Cancel) -> None:
         job = self.jobs.pop(message.job_id, None)
+        if job is not None and job.pending is not None and isinstance(message, Cancel):
+            # The writer discards the outputs on this Cancel and may have deleted the checkpoints
+            # already: leave nothing behind in the job's directory.
+            job.pending.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                job.pending.parent.rmdir()
         if job is not None:
             fps = job.frames / job.seconds if job.seconds else 0.0
             logger.info(
@@ -285,6 +334,20 @@ def default_threads(device: str, cores: int) -> int:
     one of them preempted by those processes stalls the rest: on 2 cores the daemon ran at 0.64 of
     `vosd segment`'s FPS with 2 threads and above it with 1 (benchmarks/pipeline.py, docs/architecture.md)."""
     return max(1, cores - 1) if device == "cpu" else cores
+
+
+def load_checkpoint(session: Any, start: JobStart, frame: int) -> None:
+    """Continue `session` from the job's checkpoint at `frame`; JobSetupError when it cannot be used."""
+    from workers.xmem.session import load_state
+
+    path = checkpoint_path(start.outputs, frame)
+    try:
+        state = load_state(path)
+        if (state.get("job_id"), state.get("frame")) != (start.job_id, frame):
+            raise ValueError(f"it belongs to job {state.get('job_id')} frame {state.get('frame')}")
+        session.load_state_dict(state["session"])
+    except Exception as exc:  # a missing, foreign or incompatible file: the daemon restarts from frame 0
+        raise JobSetupError(f"cannot resume from checkpoint {path}: {exc}") from None
 
 
 def run_worker(settings: WorkerSettings) -> None:

@@ -7,6 +7,7 @@ to run, keeps the memory, and returns probabilities (1 + N, H, W), background fi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +40,30 @@ class InferenceCore:
     def set_all_labels(self, labels: list[int]) -> None:
         """Declare every object label (1-based, ascending) known so far, before a step that adds objects."""
         self.all_labels = list(labels)
+
+    def state_dict(self) -> dict:
+        """The per-video state: frame counters, labels and memory; with the config it was made under,
+        because memory made under other options (top_k, long-term bounds) would not continue identically."""
+        return {
+            "config": dataclasses.asdict(self.config),
+            "curr_ti": self.curr_ti,
+            "last_mem_ti": self.last_mem_ti,
+            "last_deep_update_ti": self.last_deep_update_ti,
+            "all_labels": list(self.all_labels),
+            "memory": self.memory.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        """Continue a video from `state_dict`: the next `step` is frame curr_ti + 1, as if never stopped."""
+        if state["config"] != dataclasses.asdict(self.config):
+            raise ValueError(f"checkpoint made with inference options {state['config']}, "
+                             f"this core has {dataclasses.asdict(self.config)}")
+        self.clear_memory()
+        self.memory.load_state_dict(state["memory"], device)
+        self.curr_ti = state["curr_ti"]
+        self.last_mem_ti = state["last_mem_ti"]
+        self.last_deep_update_ti = state["last_deep_update_ti"]
+        self.all_labels = list(state["all_labels"])
 
     def memory_stats(self) -> dict:
         """WM / LT element counts (total and per object group) and objects with sensory memory."""

@@ -86,6 +86,27 @@ class KeyValueStore:
             raise RuntimeError("this store does not count usage")
         return self.use_count / self.life_count
 
+    def state_dict(self) -> dict:
+        """Every tensor copied to the CPU (a copy, so a view does not save its whole base storage)."""
+        return {
+            "count_usage": self.count_usage,
+            "key": snapshot(self.key),
+            "shrinkage": snapshot(self.shrinkage),
+            "selection": snapshot(self.selection),
+            "values": [snapshot(values) for values in self.values],
+            "use_count": snapshot(self.use_count),
+            "life_count": snapshot(self.life_count),
+        }
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        """Replace this store's content by a `state_dict` taken from a store of the same kind."""
+        if state["count_usage"] != self.count_usage:
+            raise ValueError("the saved store counts usage differently from this one (another config)")
+        names = ("key", "shrinkage", "selection", "use_count", "life_count")
+        self.key, self.shrinkage, self.selection, self.use_count, self.life_count = (
+            restore(state[name], device) for name in names)
+        self.values = [restore(values, device) for values in state["values"]]
+
     def record_usage(self, read: Tensor) -> None:
         """Add one query frame's read weights (M,) to the use counts and one frame to every life count."""
         if not self.count_usage or self.use_count is None or self.life_count is None:
@@ -97,3 +118,12 @@ class KeyValueStore:
 def append_columns(existing: Tensor | None, new: Tensor) -> Tensor:
     """Concatenate along the last (element) axis; `existing` None means empty."""
     return new if existing is None else torch.cat([existing, new], dim=-1)
+
+
+def snapshot(tensor: Tensor | None) -> Tensor | None:
+    """A CPU copy with storage of its own, for saving."""
+    return None if tensor is None else tensor.detach().to("cpu", copy=True)
+
+
+def restore(tensor: Tensor | None, device: torch.device) -> Tensor | None:
+    return None if tensor is None else tensor.to(device)

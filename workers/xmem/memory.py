@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from workers.xmem.config import InferenceConfig
-from workers.xmem.kv_store import KeyValueStore
+from workers.xmem.kv_store import KeyValueStore, restore, snapshot
 from workers.xmem.similarity import readout, similarity, top_k_softmax, usage
 
 
@@ -187,6 +187,28 @@ class MemoryManager:
         """Replace the sensory memory (1, N, Ch, h, w) after a decoder or deep update."""
         if self.hidden_dim:
             self.hidden = hidden
+
+    def state_dict(self) -> dict:
+        """Everything this memory holds, as CPU tensors and plain types (a checkpoint of the video)."""
+        return {
+            "working": self.working.state_dict(),
+            "long_term": self.long_term.state_dict(),
+            "groups": [list(group) for group in self.groups],
+            "hidden": snapshot(self.hidden),
+            "frame_elements": self.frame_elements,
+        }
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        """Continue from a `state_dict` of a memory built with the same config and hidden size."""
+        hidden = state["hidden"]
+        if hidden is not None and hidden.shape[2] != self.hidden_dim:
+            raise ValueError(
+                f"saved sensory memory has {hidden.shape[2]} channels, the network {self.hidden_dim}")
+        self.working.load_state_dict(state["working"], device)
+        self.long_term.load_state_dict(state["long_term"], device)
+        self.groups = [list(group) for group in state["groups"]]
+        self.hidden = restore(hidden, device)
+        self.frame_elements = state["frame_elements"]
 
     def stats(self) -> dict:
         """Element counts of WM and LT, in total and per object group, and objects with sensory memory."""

@@ -15,8 +15,10 @@ It reproduces the data pipeline of XMem's eval.py (spec 2.1) so that `vosd eval`
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +34,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_OBJECTS = 255
 """Index masks are uint8, so labels 1..255."""
+STATE_FORMAT = 1
+"""Version of `VideoSession.state_dict`; bumped when its layout changes, so an old checkpoint is refused."""
 
 
 class SessionInputError(ValueError):
@@ -77,6 +81,26 @@ class VideoSession:
 
     def memory_stats(self) -> dict:
         return self.core.memory_stats()
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue this video bit-identically in another process: the caller's
+        labels and the core's state (CPU tensors and plain types, loadable with weights_only=True)."""
+        return {"format": STATE_FORMAT, "size": self.size, "labels": list(self.labels),
+                "core": self.core.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state_dict`; the session must be built with the same network, config and size."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"session state format {state.get('format')!r}, expected {STATE_FORMAT}")
+        if state["size"] != self.size:
+            raise ValueError(f"session state made at working size {state['size']}, "
+                             f"this session uses {self.size}")
+        self.core.load_state_dict(state["core"], self.device)
+        self.labels = []
+        for label in state["labels"]:
+            self.labels.append(label)
+            self._to_internal[label] = len(self.labels)
+        self._to_caller = torch.tensor([0, *self.labels], dtype=torch.uint8, device=self.device)
 
     @torch.no_grad()
     def step(self, frame: np.ndarray, mask: np.ndarray | None = None, *, end: bool = False,
@@ -150,3 +174,22 @@ def check_mask(mask: np.ndarray, frame_size: tuple[int, int], *, first: bool) ->
                                 f"got {mask.min()}..{mask.max()}")
     if first and not mask.any():
         raise SessionInputError("the first mask has no object: label at least one pixel with a non-zero label")
+
+
+def save_state(state: dict, path: str | Path) -> int:
+    """torch.save `state` to `path` atomically (temporary file, then rename); returns its size in bytes.
+
+    A reader sees the previous file or the new one, never a torn one, even if this process is killed."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path.stat().st_size
+
+
+def load_state(path: str | Path) -> dict:
+    """Read a `save_state` file: tensors and plain types only (weights_only, nothing is executed)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
