@@ -241,9 +241,12 @@ def test_truncated_file_streams_the_good_frames_then_fails_and_cancels(
             received.append(message)
     peers.wait_for(lambda: any(isinstance(m, ErrorMessage) for m in peers.seen_by_daemon), "an error")
     frames = [m for m in received if isinstance(m, FrameMessage)]
-    assert 0 < len(frames) < 36
+    assert 0 < len(frames) < 36 and [m.index for m in frames] == list(range(len(frames)))
     error = next(m for m in peers.seen_by_daemon if isinstance(m, ErrorMessage))
-    assert f"truncated at frame {len(frames)} of 36" in error.message
+    found = re.search(r"truncated at frame (\d+) of 36", error.message)
+    # Frames still queued when the Cancel reached the inbox are dropped unsegmented, so the worker may
+    # have taken fewer than were decoded, never more.
+    assert found is not None and len(frames) <= int(found.group(1)) < 36, error.message
     peers.wait_for(lambda: any(isinstance(m, Cancel) for m in peers.seen_by_writer), "the writer's cancel")
 
 
