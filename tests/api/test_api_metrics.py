@@ -28,7 +28,9 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_metrics_report_jobs_queue_and_daemons(api: Api) -> None:
     with api.client() as client:
-        job = client.post("/jobs", json={"source": str(api.media / "shapes.mp4"), "options": {"max_frames": 3}})
+        job = client.post(
+            "/jobs", json={"source": str(api.media / "shapes.mp4"), "options": {"max_frames": 3}}
+        )
         assert job.status_code == 201, job.text
         api.wait(client, job.json()["id"])
         response = client.get("/metrics")
@@ -45,7 +47,9 @@ def test_metrics_report_jobs_queue_and_daemons(api: Api) -> None:
         daemon = next(dict(labels)["daemon"] for name, labels in samples if name == "vosd_daemon_capacity")
         assert samples[("vosd_daemon_capacity", (("daemon", daemon),))] == 3
         assert samples[("vosd_daemon_redis_outages_total", (("daemon", daemon),))] == 0
-        restarts = {dict(labels)["process"] for name, labels in samples if name == "vosd_daemon_child_restarts_total"}
+        restarts = {
+            dict(labels)["process"] for name, labels in samples if name == "vosd_daemon_child_restarts_total"
+        }
         assert restarts == {"writer", "worker-0"}
         assert client.get("/readyz").json()["daemons"] == [daemon]
         assert client.get("/openapi.json").json()["paths"].keys() >= {"/jobs", "/metrics", "/readyz"}
