@@ -40,14 +40,18 @@ def start_daemon(directory: Path, args: argparse.Namespace) -> tuple[subprocess.
     checkpoint = args.checkpoint or str(write_random_checkpoint(directory / "small.pth", NetworkSpec.small()))
     port = free_port()
     config = directory / "vosd.yaml"
-    config.write_text(yaml.safe_dump({
-        "data_dir": str(directory),
-        "workers": {"devices": [args.device], "size": args.size, "model_path": checkpoint},
-        "http": {"listen": f"127.0.0.1:{port}", "token": TOKEN, "source_roots": [str(directory)]},
-    }))
+    config.write_text(
+        yaml.safe_dump({
+            "data_dir": str(directory),
+            "workers": {"devices": [args.device], "size": args.size, "model_path": checkpoint},
+            "http": {"listen": f"127.0.0.1:{port}", "token": TOKEN, "source_roots": [str(directory)]},
+        })
+    )
     log = (directory / "daemon.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "--config", str(config)], stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-c", SERVE, "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
         env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
     )
     url = f"http://127.0.0.1:{port}"
@@ -85,7 +89,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--frames", type=int, default=600, help="Length of the clip the running job segments.")
+    parser.add_argument(
+        "--frames", type=int, default=600, help="Length of the clip the running job segments."
+    )
     parser.add_argument("--checkpoint", default="", help="XMem checkpoint; default: a small random network.")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=64)
@@ -98,8 +104,11 @@ def main() -> None:
     results = []
     try:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client:
-            job = client.post("/jobs", files={"mask": ("first.png", (directory / "first.png").read_bytes())},
-                              data={"source": str(directory / "clip.mp4")}).json()
+            job = client.post(
+                "/jobs",
+                files={"mask": ("first.png", (directory / "first.png").read_bytes())},
+                data={"source": str(directory / "clip.mp4")},
+            ).json()
             while client.get(f"/jobs/{job['id']}").json()["frames_done"] < 2:
                 time.sleep(0.05)
             for clients in args.clients:
@@ -108,13 +117,15 @@ def main() -> None:
                 elapsed = time.perf_counter() - start
                 record = client.get(f"/jobs/{job['id']}").json()
                 results.append({
-                    "clients": clients, "requests": len(times),
+                    "clients": clients,
+                    "requests": len(times),
                     "p50_ms": round(float(np.percentile(times, 50)), 2),
                     "p90_ms": round(float(np.percentile(times, 90)), 2),
                     "p99_ms": round(float(np.percentile(times, 99)), 2),
                     "max_ms": round(float(times.max()), 2),
                     "requests_per_s": round(len(times) / elapsed, 1),
-                    "job_running_after": record["state"] == "running", "job_frames_done": record["frames_done"],
+                    "job_running_after": record["state"] == "running",
+                    "job_frames_done": record["frames_done"],
                 })
                 print(json.dumps(results[-1]), flush=True)
             client.delete(f"/jobs/{job['id']}")
