@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 if TYPE_CHECKING:
+    from streamer.api.server import ApiServer
+    from streamer.config import VosdConfig
     from streamer.jobs import JobQueue, JobRecord
 
 ConfigPath = Annotated[
@@ -101,7 +103,25 @@ def serve_command(config: ConfigPath = None) -> None:
         level=settings.log_level, format="%(asctime)s daemon %(levelname)s %(name)s %(message)s"
     )
     logging.getLogger(__name__).info("config: %s", json.dumps(settings.summary()))
-    serve(DaemonSettings.from_config(settings))
+    api = _start_api(settings)
+    try:
+        serve(DaemonSettings.from_config(settings))
+    finally:
+        if api is not None:
+            api.stop()
+
+
+def _start_api(settings: VosdConfig) -> ApiServer | None:
+    """The HTTP API when ``http.listen`` is set (streamer/api); exit 2 when it cannot listen."""
+    if not settings.http.listen:
+        return None
+    from streamer.api.server import ApiStartError, start_api
+
+    try:
+        return start_api(settings)
+    except ApiStartError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
 
 
 def submit_command(

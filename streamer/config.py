@@ -261,6 +261,75 @@ class WriterSettings(_Section):
     )
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+"""Hosts reachable only from this machine; listening anywhere else requires `HttpSettings.token`."""
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) -> (host, port); ValueError with the expected form."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", listen)
+    if match is None:
+        raise ValueError(f"listen must be host:port, e.g. 127.0.0.1:8080, got {listen!r}")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 0 < port < 65536:
+        raise ValueError(f"listen port must be 1-65535, got {port}")
+    return host, port
+
+
+class HttpSettings(_Section):
+    """The HTTP API, dashboard and metrics of `vosd serve` (streamer/api); off while `listen` is empty."""
+
+    listen: str = Field(
+        default="",
+        description="host:port to serve on, e.g. 127.0.0.1:8080. Empty: no HTTP server. Any host other "
+        "than loopback requires a token.",
+    )
+    token: str = Field(
+        default="",
+        description="Bearer token every request must carry (Authorization: Bearer ...), except /healthz, "
+        "/readyz and the dashboard page itself. Set it with VOSD_HTTP__TOKEN rather than in a file.",
+    )
+    max_upload_mb: float = Field(
+        default=512.0, gt=0, description="Largest request body (a video upload with its mask), in MiB.",
+    )
+    max_mask_mb: float = Field(default=8.0, gt=0, description="Largest first-frame mask PNG, in MiB.")
+    source_roots: list[str] = Field(
+        default_factory=list,
+        description="Directories whose files (after resolving symlinks) API jobs may name as sources. "
+        "Empty: only uploaded videos and the URL schemes below.",
+    )
+    source_schemes: list[str] = Field(
+        default_factory=lambda: ["rtsp", "rtsps"],
+        description="URL schemes API jobs may use, a subset of streamer.ingest.SUPPORTED_SCHEMES.",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, listen: str) -> str:
+        if listen:
+            split_listen(listen)
+        return listen
+
+    @field_validator("source_schemes")
+    @classmethod
+    def _schemes(cls, schemes: list[str]) -> list[str]:
+        from streamer.ingest import SUPPORTED_SCHEMES
+
+        unknown = sorted(set(schemes) - SUPPORTED_SCHEMES)
+        if unknown:
+            raise ValueError(f"unsupported schemes {unknown}; choose from {sorted(SUPPORTED_SCHEMES)}")
+        return schemes
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> HttpSettings:
+        if self.listen and not self.token and split_listen(self.listen)[0] not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"listening on {self.listen} (beyond loopback) requires a token: set VOSD_HTTP__TOKEN"
+            )
+        return self
+
+
 class VosdConfig(BaseSettings):
     """Everything `vosd serve` and the CLI need; see configs/default.yaml for the commented defaults."""
 
@@ -281,6 +350,9 @@ class VosdConfig(BaseSettings):
     workers: WorkerSettings = Field(default_factory=WorkerSettings, description="Worker processes and model.")
     xmem: XMemSettings = Field(default_factory=XMemSettings, description="XMem inference options.")
     writer: WriterSettings = Field(default_factory=WriterSettings, description="Job outputs.")
+    http: HttpSettings = Field(
+        default_factory=HttpSettings, description="HTTP API, dashboard and metrics (off by default).",
+    )
 
     @field_validator("data_dir")
     @classmethod
@@ -319,6 +391,8 @@ class VosdConfig(BaseSettings):
         """The effective configuration for the startup log, with any password in the Redis URL masked."""
         data = self.model_dump(mode="json")
         data["redis"]["url"] = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", data["redis"]["url"])
+        if data["http"]["token"]:
+            data["http"]["token"] = "***"
         return data
 
     def _endpoint(self, template: str, **values: int) -> str:

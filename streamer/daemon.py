@@ -899,6 +899,7 @@ class Daemon:
         for child in self._children():
             if child.process is not None and child.process.pid is not None:
                 fields[child.name] = str(child.process.pid)
+            fields[f"restarts:{child.name}"] = str(child.restarts)  # for /metrics (streamer/api)
         pipe = self.queue.redis.pipeline(transaction=True)
         pipe.delete(key)
         pipe.hset(key, mapping=fields)

@@ -1,0 +1,183 @@
+"""``/metrics`` (Prometheus text format), ``/healthz`` and ``/readyz``.
+
+Every figure is read from Redis at scrape time (job status hashes, daemon hashes, the daemon-loads hash),
+never kept in this process, so any API of a fleet of daemons that share one Redis reports the same fleet.
+Per-job series exist only for running jobs, so their number stays bounded by the fleet's capacity.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streamer.api.app import ApiContext, Ctx, error_response
+from streamer.api.auth import require_token
+from streamer.jobs import JobQueue, JobState
+
+router = APIRouter(tags=["operations"])
+
+JOB_FIELDS = ("state", "frames_done", "dropped_frames", "fps", "created_at", "latency_p50_s", "latency_p95_s")
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text is not None else 0.0
+    except ValueError:
+        return 0.0
+
+
+def daemon_loads(queue: JobQueue) -> dict[str, tuple[float, float, float]]:
+    """Daemon name -> (running jobs, capacity, published_at) from the daemon-loads hash."""
+    loads = {}
+    for name, value in queue.redis.hgetall(queue.keys.daemon_loads).items():
+        parts = value.split()
+        if len(parts) == 3:
+            loads[name] = (_number(parts[0]), _number(parts[1]), _number(parts[2]))
+    return loads
+
+
+class FleetCollector(Collector):
+    """Reads the jobs and daemons in Redis on each scrape."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def collect(self) -> Iterator[Metric]:
+        queue = self.ctx.queue()
+        yield from self._jobs(queue)
+        yield from self._daemons(queue)
+
+    def _jobs(self, queue: JobQueue) -> Iterator[Metric]:
+        ids = queue.redis.zrange(queue.keys.index, 0, -1)
+        pipe = queue.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(queue.keys.job(job_id), *JOB_FIELDS)
+        now = time.time()
+        states: Counter[str] = Counter()
+        oldest_queued = None
+        frames = CounterMetricFamily("vosd_frames_processed", "Frames segmented, all jobs.")
+        dropped = CounterMetricFamily("vosd_frames_dropped", "Frames dropped by the live policy, all jobs.")
+        job_frames = CounterMetricFamily(
+            "vosd_job_frames_processed", "Frames segmented, running jobs.", labels=["job"]
+        )
+        job_dropped = CounterMetricFamily(
+            "vosd_job_frames_dropped", "Frames dropped, running jobs.", labels=["job"]
+        )
+        job_fps = GaugeMetricFamily("vosd_job_fps", "Recent frames per second, running jobs.", labels=["job"])
+        latency = GaugeMetricFamily(
+            "vosd_job_latency_seconds",
+            "Live jobs: arrival to mask written, recent frames.",
+            labels=["job", "quantile"],
+        )
+        total_frames = total_dropped = 0.0
+        for job_id, values in zip(ids, pipe.execute()):
+            state, done, drops, fps, created, p50, p95 = values
+            if state is None:
+                continue
+            states[state] += 1
+            total_frames += _number(done)
+            total_dropped += _number(drops)
+            if state == JobState.QUEUED.value:
+                age = now - _number(created)
+                oldest_queued = age if oldest_queued is None else max(oldest_queued, age)
+            elif state == JobState.RUNNING.value:
+                job_frames.add_metric([job_id], _number(done))
+                job_dropped.add_metric([job_id], _number(drops))
+                job_fps.add_metric([job_id], _number(fps))
+                for quantile, value in (("0.5", p50), ("0.95", p95)):
+                    if value is not None:
+                        latency.add_metric([job_id, quantile], _number(value))
+        jobs = GaugeMetricFamily("vosd_jobs", "Jobs per state.", labels=["state"])
+        for state in JobState:
+            jobs.add_metric([state.value], states[state.value])
+        frames.add_metric([], total_frames)
+        dropped.add_metric([], total_dropped)
+        yield jobs
+        yield GaugeMetricFamily(
+            "vosd_queue_depth", "Jobs waiting to be claimed.", value=states[JobState.QUEUED.value]
+        )
+        yield GaugeMetricFamily(
+            "vosd_oldest_queued_job_age_seconds",
+            "Age of the oldest queued job; 0 when none waits.",
+            value=oldest_queued or 0.0,
+        )
+        yield from (frames, dropped, job_frames, job_dropped, job_fps, latency)
+
+    def _daemons(self, queue: JobQueue) -> Iterator[Metric]:
+        fresh_after = time.time() - queue.visibility_timeout_s
+        running = GaugeMetricFamily("vosd_daemon_running_jobs", "Jobs a daemon runs.", labels=["daemon"])
+        capacity = GaugeMetricFamily("vosd_daemon_capacity", "Jobs a daemon can hold now.", labels=["daemon"])
+        live = 0
+        for name, (jobs, room, published_at) in sorted(daemon_loads(queue).items()):
+            if published_at > fresh_after:
+                live += 1
+                running.add_metric([name], jobs)
+                capacity.add_metric([name], room)
+        outages = CounterMetricFamily(
+            "vosd_daemon_redis_outages", "Redis outages a daemon rode out.", labels=["daemon"]
+        )
+        restarts = CounterMetricFamily(
+            "vosd_daemon_child_restarts",
+            "Restarts of a daemon's worker and writer processes.",
+            labels=["daemon", "process"],
+        )
+        prefix = queue.keys.daemon("")
+        for key in sorted(queue.redis.scan_iter(match=f"{prefix}*")):
+            daemon = key.removeprefix(prefix)
+            fields = queue.redis.hgetall(key)
+            outages.add_metric([daemon], _number(fields.get("redis_outages")))
+            for name, value in fields.items():
+                if name.startswith("restarts:"):
+                    restarts.add_metric([daemon, name.removeprefix("restarts:")], _number(value))
+        yield GaugeMetricFamily("vosd_daemons", "Daemons that published their load recently.", value=live)
+        yield from (running, capacity, outages, restarts)
+
+
+def registry_for(ctx: ApiContext) -> CollectorRegistry:
+    """A registry of its own: only fleet figures, no process defaults of whoever imports prometheus_client."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(ctx))
+    return registry
+
+
+@router.get(
+    "/metrics",
+    dependencies=[Depends(require_token)],
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
+async def metrics(ctx: Ctx) -> Response:
+    """Prometheus text format; see FleetCollector for the series."""
+    if ctx.registry is None:
+        ctx.registry = registry_for(ctx)
+    body = await run_in_threadpool(generate_latest, ctx.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The API process answers: the liveness probe."""
+    return {"status": "alive"}
+
+
+@router.get("/readyz", response_model=None)
+def readyz(ctx: Ctx) -> dict[str, object] | JSONResponse:
+    """Ready when Redis answers and at least one daemon published capacity > 0 recently (its workers loaded
+    their model and its writer runs): the readiness probe."""
+    queue = ctx.queue()
+    queue.redis.ping()
+    fresh_after = time.time() - queue.visibility_timeout_s
+    ready = [name for name, (_, room, at) in daemon_loads(queue).items() if room > 0 and at > fresh_after]
+    if not ready:
+        return error_response(
+            503, "no daemon with capacity: workers still loading their model, or none running"
+        )
+    return {"status": "ready", "daemons": sorted(ready)}

@@ -1,0 +1,77 @@
+"""/metrics parses with Prometheus' own parser and reports the fleet read from Redis; the probes answer;
+`vosd serve` refuses to listen beyond loopback without a token, or on a port already taken."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from streamer.cli import app
+
+from .conftest import Api
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_report_jobs_queue_and_daemons(api: Api) -> None:
+    with api.client() as client:
+        job = client.post(
+            "/jobs", json={"source": str(api.media / "shapes.mp4"), "options": {"max_frames": 3}}
+        )
+        assert job.status_code == 201, job.text
+        api.wait(client, job.json()["id"])
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        samples = _samples(response.text)
+        assert samples[("vosd_jobs", (("state", "done"),))] >= 1
+        assert ("vosd_jobs", (("state", "queued"),)) in samples
+        assert samples[("vosd_queue_depth", ())] >= 0
+        assert ("vosd_oldest_queued_job_age_seconds", ()) in samples
+        assert samples[("vosd_frames_processed_total", ())] >= 3
+        assert ("vosd_frames_dropped_total", ()) in samples
+        assert samples[("vosd_daemons", ())] == 1
+        daemon = next(dict(labels)["daemon"] for name, labels in samples if name == "vosd_daemon_capacity")
+        assert samples[("vosd_daemon_capacity", (("daemon", daemon),))] == 3
+        assert samples[("vosd_daemon_redis_outages_total", (("daemon", daemon),))] == 0
+        restarts = {
+            dict(labels)["process"] for name, labels in samples if name == "vosd_daemon_child_restarts_total"
+        }
+        assert restarts == {"writer", "worker-0"}
+        assert client.get("/readyz").json()["daemons"] == [daemon]
+        assert client.get("/openapi.json").json()["paths"].keys() >= {"/jobs", "/metrics", "/readyz"}
+
+
+def _config(tmp_path: Path, **http: object) -> str:
+    path = tmp_path / "vosd.yaml"
+    path.write_text(yaml.safe_dump({"data_dir": str(tmp_path), "http": http}))
+    return str(path)
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_a_token_or_on_a_taken_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VOSD_HTTP__TOKEN", raising=False)
+    result = CliRunner().invoke(app, ["serve", "--config", _config(tmp_path, listen="0.0.0.0:8080")])
+    assert result.exit_code == 2
+    assert "requires a token: set VOSD_HTTP__TOKEN" in result.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--config", _config(tmp_path, listen=f"127.0.0.1:{port}")])
+    assert result.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
