@@ -21,7 +21,7 @@ import typer
 if TYPE_CHECKING:
     from streamer.api.server import ApiServer
     from streamer.config import VosdConfig
-    from streamer.jobs import JobQueue, JobRecord
+    from streamer.jobs import DaemonLoad, JobQueue, JobRecord
 
 ConfigPath = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML configuration (default: built-in defaults).")
@@ -216,15 +216,34 @@ def jobs_command(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many jobs, newest first.")] = 50,
     config: ConfigPath = None,
 ) -> None:
-    """List recent jobs, newest first, and the dead letters."""
+    """List recent jobs, newest first, the dead letters, and the daemons serving the queue."""
     with _queue(config) as queue:
         records = queue.list_jobs(limit=limit)
         dead = queue.dead_letters()
+        daemons = queue.daemon_statuses()
+        loads = queue.daemon_loads()
     _print_table(records, detailed=False)
+    _print_daemons(daemons, loads)
     if dead:
         typer.echo(f"\n{len(dead)} dead-lettered job(s):")
         for entry in dead:
             typer.echo(f"  {entry.get('job_id')}: {entry.get('reason')}")
+
+
+def _print_daemons(statuses: dict[str, dict[str, str]], loads: dict[str, DaemonLoad | None]) -> None:
+    """One line per live daemon: its load, restarts of its processes, and Redis outages it rode out."""
+    if not statuses:
+        typer.echo("\nno daemon is running: queued jobs wait for `vosd serve`")
+        return
+    typer.echo(f"\n{len(statuses)} daemon(s):")
+    for name, fields in statuses.items():
+        load = loads.get(name)
+        jobs = f"{load.running}/{load.capacity} jobs" if load is not None else "load unknown"
+        restarts = sum(int(v) for k, v in fields.items() if k.startswith("restarts:") and v.isdigit())
+        outages = fields.get("redis_outages", "0")
+        away = fields.get("redis_last_outage_s")
+        redis_note = f", redis away {outages}x (last {away} s)" if away else ""
+        typer.echo(f"  {name} pid {fields.get('pid')}: {jobs}, {restarts} process restart(s){redis_note}")
 
 
 def _print_table(records: list[JobRecord], *, detailed: bool) -> None:

@@ -70,7 +70,16 @@ import zmq
 from streamer import resume
 from streamer.config import VosdConfig
 from streamer.decoder import DecoderSettings, run_decoder
-from streamer.jobs import Claim, HeartbeatStatus, JobNotFound, JobProgress, JobQueue, JobState, KeyNames
+from streamer.jobs import (
+    Claim,
+    DaemonLoad,
+    HeartbeatStatus,
+    JobNotFound,
+    JobProgress,
+    JobQueue,
+    JobState,
+    KeyNames,
+)
 from streamer.messages import (
     Cancel,
     EndOfStream,
@@ -552,7 +561,7 @@ class Daemon:
         if self.queue is not None:
             try:
                 self.queue.redis.delete(self.queue.keys.daemon(self.consumer))
-                self.queue.redis.hdel(self.queue.keys.daemon_loads, self.consumer)
+                self.queue.forget_daemon(self.consumer)
             except REDIS_ERRORS as exc:
                 logger.warning("daemon key not removed (redis away: %s); it expires by itself", exc)
             self.queue.redis.close()
@@ -918,8 +927,7 @@ class Daemon:
     def _publish_load(self) -> None:
         """Running jobs and capacity, for peers sharing the queue to decide who takes the next job."""
         assert self.queue is not None
-        value = f"{self._running()} {self._capacity()} {time.time():.3f}"
-        self.queue.redis.hset(self.queue.keys.daemon_loads, self.consumer, value)
+        self.queue.publish_load(self.consumer, DaemonLoad(self._running(), self._capacity(), time.time()))
 
     def _less_loaded_peer(self) -> str | None:
         """A live peer with room and fewer running jobs than this daemon, which should take the next job
@@ -928,16 +936,15 @@ class Daemon:
         running = self._running()
         if running == 0:
             return None
-        fresh_after = time.time() - self.settings.visibility_timeout_s
         peer = None
-        for name, value in self.queue.redis.hgetall(self.queue.keys.daemon_loads).items():
-            try:
-                jobs, capacity, published_at = (float(part) for part in value.split())
-            except ValueError:
-                jobs, capacity, published_at = 0.0, 0.0, 0.0
-            if published_at < fresh_after - STALE_LOAD_S:  # a daemon long gone: forget it
-                self.queue.redis.hdel(self.queue.keys.daemon_loads, name)
-            elif name != self.consumer and published_at > fresh_after and jobs < min(running, capacity):
+        for name, load in self.queue.daemon_loads().items():
+            if load is None or not load.fresh(self.settings.visibility_timeout_s + STALE_LOAD_S):
+                self.queue.forget_daemon(name)  # long gone, or unreadable
+            elif (
+                name != self.consumer
+                and load.fresh(self.settings.visibility_timeout_s)
+                and load.running < min(running, load.capacity)
+            ):
                 peer = name
         return peer
 

@@ -266,6 +266,33 @@ class JobProgress:
         return [item for name, value in values.items() if value is not None for item in (name, str(value))]
 
 
+@dataclass(frozen=True)
+class DaemonLoad:
+    """What a daemon publishes about itself in `KeyNames.daemon_loads`, for its peers (who takes the next
+    job), the metrics and `vosd jobs`."""
+
+    running: int
+    capacity: int
+    """Jobs it can hold now: 0 while its workers or writer are not ready, or while it drains."""
+    published_at: float
+    """Unix time of the report; older than the visibility timeout means the daemon is gone."""
+
+    def encode(self) -> str:
+        return f"{self.running} {self.capacity} {self.published_at:.3f}"
+
+    @classmethod
+    def decode(cls, text: str) -> DaemonLoad | None:
+        """None for a value that does not parse (written by another version, or damaged)."""
+        try:
+            running, capacity, published_at = text.split()
+            return cls(int(running), int(capacity), float(published_at))
+        except ValueError:
+            return None
+
+    def fresh(self, visibility_timeout_s: float) -> bool:
+        return self.published_at > time.time() - visibility_timeout_s
+
+
 class HeartbeatStatus(str, Enum):
     """What the holder of a job must do after a heartbeat."""
 
@@ -564,6 +591,25 @@ class JobQueue:
     def dead_letters(self, *, count: int = 100) -> list[dict[str, str]]:
         """Jobs given up for good, oldest first: job_id, reason, attempts, runs, worker (the last holder)."""
         return [fields for _, fields in self.redis.xrange(self.keys.dead_letters, count=count)]
+
+    def publish_load(self, daemon: str, load: DaemonLoad) -> None:
+        self.redis.hset(self.keys.daemon_loads, daemon, load.encode())
+
+    def daemon_loads(self) -> dict[str, DaemonLoad | None]:
+        """Every daemon's last published load (None where it does not parse), fresh or not."""
+        raw = self.redis.hgetall(self.keys.daemon_loads)
+        return {name: DaemonLoad.decode(value) for name, value in raw.items()}
+
+    def forget_daemon(self, daemon: str) -> None:
+        self.redis.hdel(self.keys.daemon_loads, daemon)
+
+    def daemon_statuses(self) -> dict[str, dict[str, str]]:
+        """Status hashes of the daemons alive now (pid, child pids, restarts, Redis outages)."""
+        prefix = self.keys.daemon("")
+        return {
+            key.removeprefix(prefix): self.redis.hgetall(key)
+            for key in sorted(self.redis.scan_iter(match=f"{prefix}*"))
+        }
 
     def live_consumers(self) -> list[str]:
         """Consumers whose heartbeat key has not expired."""

@@ -15,7 +15,16 @@ import numpy as np
 import pytest
 import redis as redis_lib
 import yaml
-from test_daemon import JOB_TIMEOUT_S, Served, _assert_complete_outputs, _launch, _stop, _write_config
+from test_daemon import (
+    JOB_TIMEOUT_S,
+    Served,
+    _app,
+    _assert_complete_outputs,
+    _launch,
+    _stop,
+    _write_config,
+)
+from typer.testing import CliRunner
 from videos import write_first_mask, write_moving_shape_video
 
 from streamer.jobs import JobQueue, JobRecord, JobState, KeyNames
@@ -108,6 +117,8 @@ def test_daemon_rides_out_its_embedded_redis_being_killed(data_dirs: list[Path],
         assert int((data_dirs[0] / "redis" / "redis.pid").read_text()) != server_pid
         status = daemon.queue.redis.hgetall(next(daemon.queue.redis.scan_iter(match="vosd:daemon:*")))
         assert status["redis_outages"] == "1" and float(status["redis_last_outage_s"]) > 0
+        listed = CliRunner().invoke(_app(), ["jobs", "--config", str(daemon.config)])
+        assert listed.exit_code == 0 and "redis away 1x" in listed.output, listed.output
     finally:
         _stop(daemon)
 

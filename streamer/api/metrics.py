@@ -34,16 +34,6 @@ def _number(text: str | None) -> float:
         return 0.0
 
 
-def daemon_loads(queue: JobQueue) -> dict[str, tuple[float, float, float]]:
-    """Daemon name -> (running jobs, capacity, published_at) from the daemon-loads hash."""
-    loads = {}
-    for name, value in queue.redis.hgetall(queue.keys.daemon_loads).items():
-        parts = value.split()
-        if len(parts) == 3:
-            loads[name] = (_number(parts[0]), _number(parts[1]), _number(parts[2]))
-    return loads
-
-
 class FleetCollector(Collector):
     """Reads the jobs and daemons in Redis on each scrape."""
 
@@ -112,15 +102,14 @@ class FleetCollector(Collector):
         yield from (frames, dropped, job_frames, job_dropped, job_fps, latency)
 
     def _daemons(self, queue: JobQueue) -> Iterator[Metric]:
-        fresh_after = time.time() - queue.visibility_timeout_s
         running = GaugeMetricFamily("vosd_daemon_running_jobs", "Jobs a daemon runs.", labels=["daemon"])
         capacity = GaugeMetricFamily("vosd_daemon_capacity", "Jobs a daemon can hold now.", labels=["daemon"])
         live = 0
-        for name, (jobs, room, published_at) in sorted(daemon_loads(queue).items()):
-            if published_at > fresh_after:
+        for name, load in sorted(queue.daemon_loads().items()):
+            if load is not None and load.fresh(queue.visibility_timeout_s):
                 live += 1
-                running.add_metric([name], jobs)
-                capacity.add_metric([name], room)
+                running.add_metric([name], load.running)
+                capacity.add_metric([name], load.capacity)
         outages = CounterMetricFamily(
             "vosd_daemon_redis_outages", "Redis outages a daemon rode out.", labels=["daemon"]
         )
@@ -129,10 +118,7 @@ class FleetCollector(Collector):
             "Restarts of a daemon's worker and writer processes.",
             labels=["daemon", "process"],
         )
-        prefix = queue.keys.daemon("")
-        for key in sorted(queue.redis.scan_iter(match=f"{prefix}*")):
-            daemon = key.removeprefix(prefix)
-            fields = queue.redis.hgetall(key)
+        for daemon, fields in queue.daemon_statuses().items():
             outages.add_metric([daemon], _number(fields.get("redis_outages")))
             for name, value in fields.items():
                 if name.startswith("restarts:"):
@@ -174,8 +160,11 @@ def readyz(ctx: Ctx) -> dict[str, object] | JSONResponse:
     their model and its writer runs): the readiness probe."""
     queue = ctx.queue()
     queue.redis.ping()
-    fresh_after = time.time() - queue.visibility_timeout_s
-    ready = [name for name, (_, room, at) in daemon_loads(queue).items() if room > 0 and at > fresh_after]
+    ready = [
+        name
+        for name, load in queue.daemon_loads().items()
+        if load is not None and load.capacity > 0 and load.fresh(queue.visibility_timeout_s)
+    ]
     if not ready:
         return error_response(
             503, "no daemon with capacity: workers still loading their model, or none running"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 from pathlib import Path
 
@@ -28,11 +29,11 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_metrics_report_jobs_queue_and_daemons(api: Api) -> None:
     with api.client() as client:
-        job = client.post(
-            "/jobs", json={"source": str(api.media / "shapes.mp4"), "options": {"max_frames": 3}}
-        )
+        mask = base64.b64encode((api.media / "first.png").read_bytes()).decode()
+        body = {"source": str(api.media / "shapes.mp4"), "mask_png": mask, "options": {"max_frames": 3}}
+        job = client.post("/jobs", json=body)
         assert job.status_code == 201, job.text
-        api.wait(client, job.json()["id"])
+        assert api.wait(client, job.json()["id"])["state"] == "done"
         response = client.get("/metrics")
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")
