@@ -174,14 +174,28 @@ class EmbeddedRedis:
         logger.info("started embedded redis (pid %d) at %s", self._process.pid, self.socket_path)
 
     def ensure_running(self) -> bool:
-        """As the owner: start the server again if it died (it reloads its append-only file).
-        True when it answers now."""
+        """As the owner: start the server again if it died (it reloads its append-only file). True when it
+        answers now; False while it is alive but not answering (busy, loading its file): a second server
+        on the same socket and file must never be started."""
         if self.is_running():
             return True
-        if self._process is not None:
-            self._process.poll()
+        if self._server_alive():
+            return False
         self._process = None
+        self.adopted = False
         self.start()
+        return True
+
+    def _server_alive(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None
+        pid = self._pid()  # an adopted server: not our child
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
         return True
 
     def stop(self) -> None:

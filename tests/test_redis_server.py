@@ -108,3 +108,16 @@ def test_a_daemon_adopts_a_server_left_by_a_crashed_owner(ipc_dir: Path) -> None
     assert second.server is not None and second.server.adopted
     second.close()
     assert not second.server.is_running()
+
+
+def test_a_server_that_is_alive_but_not_answering_is_not_started_twice(ipc_dir: Path) -> None:
+    daemon = resolve_redis("", ipc_dir, role=Role.DAEMON)
+    pid = _server_pid(ipc_dir)
+    os.kill(pid, signal.SIGSTOP)  # alive, silent: as a server busy loading its file
+    try:
+        assert daemon.ensure_running() is False
+        assert _server_pid(ipc_dir) == pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert daemon.ensure_running() is True
+    daemon.close()
