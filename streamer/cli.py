@@ -7,7 +7,7 @@ runs, so `vosd --help` stays instant.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -34,14 +34,14 @@ app = typer.Typer(
 def segment_command(
     video: Annotated[str, typer.Argument(help="Video file or stream URL.")],
     mask: Annotated[Path, typer.Option("--mask", "-m", help="Index mask of the first frame (palette or 0/255 PNG).")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Overlay MP4 to write.")] = None,
-    masks: Annotated[Optional[Path], typer.Option("--masks", help="Folder for one palette PNG per frame.")] = None,
-    rle: Annotated[Optional[Path], typer.Option("--rle", help="JSON-lines file of per-object RLE masks.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Checkpoint file or registered weights name.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="vosd YAML config (inference options, size).")] = None,
-    size: Annotated[Optional[int], typer.Option(help="Shorter side the model sees; -1 keeps the source size.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="torch device; default cuda when available.")] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Overlay MP4 to write.")] = None,
+    masks: Annotated[Path | None, typer.Option("--masks", help="Folder for one palette PNG per frame.")] = None,
+    rle: Annotated[Path | None, typer.Option("--rle", help="JSON-lines file of per-object RLE masks.")] = None,
+    model: Annotated[str | None, typer.Option(help="Checkpoint file or registered weights name.")] = None,
+    config: Annotated[Path | None, typer.Option(help="vosd YAML config (inference options, size).")] = None,
+    size: Annotated[int | None, typer.Option(help="Shorter side the model sees; -1 keeps the source size.")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device; default cuda when available.")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA).")] = None,
 ) -> None:
     """Segment one video locally: overlay MP4 and masks, with a progress bar."""
     from rich.console import Console

@@ -65,7 +65,7 @@ def _read_ahead(source: Source, frames: queue.Queue, stop: threading.Event) -> N
             if stop.is_set():
                 return
         frames.put(_END)
-    except BaseException as error:  # noqa: BLE001 - handed to the main thread, which re-raises it
+    except BaseException as error:  # handed to the main thread, which re-raises it
         frames.put(_Failure(error))
 
 
@@ -91,7 +91,7 @@ def _write_behind(writer: OutputWriter, results: queue.Queue, failures: list[Bas
             continue  # keep draining so the model thread never blocks on a dead writer
         try:
             writer.write(*item)
-        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+        except BaseException as error:  # reported by the main thread
             failures.append(error)
 
 

@@ -55,6 +55,7 @@ from typing import Any
 import zmq
 
 from streamer import resume
+from streamer.lifeline import exit_with_parent
 from streamer.messages import (
     Cancel,
     CheckpointSaved,
@@ -68,7 +69,6 @@ from streamer.messages import (
     Progress,
     Shutdown,
 )
-from streamer.lifeline import exit_with_parent
 from streamer.transport import EventReporter, QueueSettings, ResultCollector
 
 logger = logging.getLogger(__name__)

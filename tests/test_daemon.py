@@ -29,16 +29,6 @@ import typer
 import yaml
 import zmq
 from typer.testing import CliRunner
-from videos import (
-    LiveServer,
-    corrupt_file,
-    free_port,
-    truncate_file,
-    write_first_mask,
-    write_moving_shape_video,
-    write_text_file,
-    write_zero_byte_file,
-)
 
 from streamer.commands import (
     cancel_command,
@@ -53,6 +43,16 @@ from streamer.masks import read_index_mask
 from streamer.messages import Cancel, EndOfStream, FrameMessage, JobStart, MaskMessage, Shutdown
 from streamer.transport import QueueSettings, ResultCollector, ResultSender
 from streamer.writer_process import WriterSettings, output_paths, run_writer
+from videos import (
+    LiveServer,
+    corrupt_file,
+    free_port,
+    truncate_file,
+    write_first_mask,
+    write_moving_shape_video,
+    write_text_file,
+    write_zero_byte_file,
+)
 from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
 

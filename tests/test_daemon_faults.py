@@ -11,15 +11,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis as redis_lib
-import yaml
-from test_daemon import JOB_TIMEOUT_S, Served, _assert_complete_outputs, _launch, _stop, _write_config
-from videos import write_first_mask, write_moving_shape_video
 
 from streamer.jobs import JobQueue, JobRecord, JobState, KeyNames
 from streamer.redis_server import Role, resolve_redis
+from test_daemon import JOB_TIMEOUT_S, Served, _assert_complete_outputs, _launch, _stop, _write_config
+from videos import write_first_mask, write_moving_shape_video
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -14,15 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from videos import (
-    corrupt_file,
-    free_port,
-    truncate_file,
-    write_first_mask,
-    write_moving_shape_video,
-    write_text_file,
-    write_zero_byte_file,
-)
 
 from streamer.decoder import DecoderSettings, run_decoder
 from streamer.messages import (
@@ -36,6 +27,15 @@ from streamer.messages import (
     SourceStatus,
 )
 from streamer.transport import FrameInbox, QueueSettings, ResultCollector
+from videos import (
+    corrupt_file,
+    free_port,
+    truncate_file,
+    write_first_mask,
+    write_moving_shape_video,
+    write_text_file,
+    write_zero_byte_file,
+)
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -176,7 +176,7 @@ def test_step_shapes(official: XMemNetwork, objects: int, batch: int, size: tupl
     assert selection.shape == (batch, 64, h, w)
     assert (f16.shape, f8.shape, f4.shape) == (
         (batch, 1024, h, w), (batch, 512, 2 * h, 2 * w), (batch, 256, 4 * h, 4 * w))
-    assert shrinkage.min() >= 1 and 0 < selection.min() and selection.max() < 1
+    assert shrinkage.min() >= 1 and selection.min() > 0 and selection.max() < 1
     hidden = torch.zeros(batch, objects, spec.hidden_dim, h, w)
     masks = box_masks(objects, batch, size)
     value, hidden = official.encode_value(frames, f16, hidden, masks, deep_update=True)

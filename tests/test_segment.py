@@ -10,10 +10,10 @@ import av
 import numpy as np
 import pytest
 from typer.testing import CliRunner
-from videos import write_first_mask, write_moving_shape_video
 
 from streamer.cli import app
 from streamer.masks import read_index_mask
+from videos import write_first_mask, write_moving_shape_video
 from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tmo_helpers import SMALL, random_network
 from typer.testing import CliRunner
-from videos import render_moving_shapes
 
 from streamer.cli import app
 from streamer.masks import read_index_mask, write_index_mask
+from tmo_helpers import SMALL, random_network
+from videos import render_moving_shapes
 from workers.evaluation.datasets import DatasetLayoutError, DatasetName, load_dataset
 from workers.evaluation.unsupervised import load_unsupervised, run_unsupervised, score_unsupervised
 from workers.tmo.checkpoint import save_checkpoint

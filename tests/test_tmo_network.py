@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tmo_helpers import SMALL, random_network, reference_confidence, reference_segment
 
+from tmo_helpers import SMALL, random_network, reference_confidence, reference_segment
 from workers.tmo import load_network
-from workers.tmo.checkpoint import CheckpointError
-from workers.tmo.checkpoint import save_checkpoint
+from workers.tmo.checkpoint import CheckpointError, save_checkpoint
 from workers.tmo.init import TMOInitOptions, random_checkpoint_state, write_random_checkpoint
 from workers.tmo.layouts import Layout, from_network_keys, hf4_to_hf5, hf5_to_hf4
 

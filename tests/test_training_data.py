@@ -235,5 +235,5 @@ def test_crop_box_stays_inside_the_frame() -> None:
     rng = np.random.default_rng(6)
     for _ in range(100):
         top, left, height, width = crop_box(30, 90, (0.36, 1.0), (3 / 4, 4 / 3), rng)
-        assert 0 <= top and top + height <= 30 and 0 <= left and left + width <= 90
+        assert top >= 0 and top + height <= 30 and left >= 0 and left + width <= 90
         assert height > 0 and width > 0

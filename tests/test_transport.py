@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
+from conftest import SPAWN
 from streamer.messages import (
     Cancel,
     EndOfStream,
@@ -37,8 +38,6 @@ from streamer.transport import (
     release_job,
     send_control,
 )
-
-from conftest import SPAWN
 
 WAIT_S = 20.0
 """Upper bound for any blocking wait in these tests; only reached when something is broken."""

@@ -48,7 +48,7 @@ class RangeHandler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:  # http.server's naming
         served = self.served
         payload = served.payload
         header = self.headers.get("Range")

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from videos import render_moving_shapes, write_first_mask, write_moving_shape_video
 
+from streamer.decoder import DecoderSettings, run_decoder
 from streamer.messages import (
     Cancel,
     EndOfStream,
@@ -34,7 +34,7 @@ from streamer.transport import (
     release_job,
     send_control,
 )
-from streamer.decoder import DecoderSettings, run_decoder
+from videos import render_moving_shapes, write_first_mask, write_moving_shape_video
 from workers.worker import WorkerSettings, run_worker
 from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec

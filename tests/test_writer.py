@@ -155,10 +155,9 @@ def test_nothing_under_final_names_before_close_and_abort_removes_everything(tmp
     assert len(list((out / "masks.part").glob("*.png"))) == FRAMES  # masks are durable as soon as written
     writer.abort()
     assert {p.name for p in out.iterdir()} == {"keep.txt"}
-    with pytest.raises(RuntimeError):
-        with OutputWriter(out, fps=24, source_size=SIZE) as failing:
-            failing.write(0, frames[0], masks[0])
-            raise RuntimeError("job failed")
+    with pytest.raises(RuntimeError), OutputWriter(out, fps=24, source_size=SIZE) as failing:
+        failing.write(0, frames[0], masks[0])
+        raise RuntimeError("job failed")
     assert {p.name for p in out.iterdir()} == {"keep.txt"}
 
 

@@ -23,7 +23,7 @@ SMALL = 96
 """The square side the fast tests resize to (TMO itself: 384)."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def calibrated(variant: str) -> TMONetwork:
     options = TMOInitOptions(image_size=64) if variant == "rn101" else TMOInitOptions(image_size=SMALL)
     return make_random_network(variant, 0, options)  # type: ignore[arg-type]
