@@ -47,6 +47,7 @@ decoder to exit). A child is STARTING until its first heartbeat, then READY.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing
@@ -825,10 +826,8 @@ class Daemon:
 
     def _signal_decoder(self, job: DaemonJob, signum: int) -> None:
         if job.decoder is not None and job.decoder.is_alive() and job.decoder.pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(job.decoder.pid, signum)
-            except ProcessLookupError:
-                pass
 
     def _cancel_writer(self, job_id: str, reason: str) -> None:
         self._send_writer(Cancel(job_id=job_id, reason=reason))
@@ -850,7 +849,7 @@ class Daemon:
         pipe = self.queue.redis.pipeline(transaction=False)
         for job in active:
             pipe.hmget(self.queue.keys.job(job.job_id), "cancel_requested", "stop_requested")
-        for job, (cancel, stop) in zip(active, pipe.execute()):
+        for job, (cancel, stop) in zip(active, pipe.execute(), strict=True):
             if cancel == "1":
                 self._end(job, Ending(Outcome.CANCELLED, "cancelled on request"))
             elif stop == "1":

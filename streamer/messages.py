@@ -422,27 +422,27 @@ class CheckpointSaved(_Message):
     frame: int = field(metadata=_wire(minimum=1))
 
 
-Message = Union[
-    JobStart,
-    FrameMessage,
-    MaskMessage,
-    EndOfStream,
-    EndAck,
-    Credit,
-    Cancel,
-    Shutdown,
-    Progress,
-    Heartbeat,
-    ErrorMessage,
-    SourceStatus,
-    CheckpointSaved,
-]
+Message = (
+    JobStart
+    | FrameMessage
+    | MaskMessage
+    | EndOfStream
+    | EndAck
+    | Credit
+    | Cancel
+    | Shutdown
+    | Progress
+    | Heartbeat
+    | ErrorMessage
+    | SourceStatus
+    | CheckpointSaved
+)
 
 _CLASSES: dict[MessageKind, type[Message]] = {cls.KIND: cls for cls in get_args(Message)}
 
 _PAYLOAD_KINDS = frozenset(kind for kind, cls in _CLASSES.items() if _layout(cls).payload is not None)
 
-WirePart = Union[bytes, memoryview, np.ndarray]
+WirePart = bytes | memoryview | np.ndarray
 """What `encode` returns and ``send_multipart(copy=False)`` accepts."""
 
 

@@ -42,6 +42,7 @@ States of a job here: OPEN -> ENDING (EndOfStream seen, masks left to join) -> C
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -123,10 +124,8 @@ def output_paths(outputs: dict[str, Any]) -> dict[str, str]:
 
 def remove_if_empty(directory: Path) -> None:
     """Remove a job's output directory that holds nothing (its outputs were discarded), never a file."""
-    try:
+    with contextlib.suppress(OSError):  # not empty (other files, a user's directory) or already gone
         directory.rmdir()
-    except OSError:
-        pass  # not empty (other files, a user's directory) or already gone
 
 
 @dataclass

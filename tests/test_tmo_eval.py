@@ -37,7 +37,7 @@ def write_clip(frame_dir: Path, names: list[str], suffix: str = ".jpg") -> list[
     """Frames of a moving disc named `names`; returns the true binary masks."""
     frame_dir.mkdir(parents=True, exist_ok=True)
     masks = []
-    for name, (frame, mask) in zip(names, render_moving_shapes(frames=len(names), size=SIZE)):
+    for name, (frame, mask) in zip(names, render_moving_shapes(frames=len(names), size=SIZE), strict=True):
         Image.fromarray(frame).save(frame_dir / f"{name}{suffix}")
         masks.append(mask)
     return masks

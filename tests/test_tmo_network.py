@@ -12,7 +12,7 @@ from workers.tmo.init import TMOInitOptions, random_checkpoint_state, write_rand
 from workers.tmo.layouts import Layout, from_network_keys, hf4_to_hf5, hf5_to_hf4
 
 LAYOUTS = [Layout("current"), Layout("current", True), Layout("wacv"), Layout("wacv", True)]
-MIT_LAYOUTS = LAYOUTS + [Layout("current", False, "hf5"), Layout("wacv", True, "hf5")]
+MIT_LAYOUTS = [*LAYOUTS, Layout("current", False, "hf5"), Layout("wacv", True, "hf5")]
 
 
 def frames(seed: int, size: tuple[int, int] = (40, 56)) -> tuple[torch.Tensor, torch.Tensor]:

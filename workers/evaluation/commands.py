@@ -43,7 +43,8 @@ def resolve_model(model: str | None) -> Path:
 
 
 def eval_command(
-    dataset: Annotated[DatasetName, typer.Option(help="Layout: D16, D17 (DAVIS), Y18 (YouTube-VOS 2018 valid), "
+    dataset: Annotated[DatasetName, typer.Option(help="Layout: D16, D17 (DAVIS), "
+                                                 "Y18 (YouTube-VOS 2018 valid), "
                                                  "LV3 (Long-Time Video, never resized), generic; "
                                                  "with --method tmo: D16, FBMS, YTO, LV, generic.")],
     root: Annotated[Path, typer.Option(help="Dataset folder (DAVIS: the one holding JPEGImages/480p; "
@@ -141,9 +142,12 @@ def eval_tmo(dataset: DatasetName, root: Path, output: Path, model: str | None, 
 def score_command(
     gt: Annotated[Path, typer.Option(help="Ground truth: a folder of sequence folders of PNGs "
                                           "(or a DAVIS root with Annotations/480p).")],
-    pred: Annotated[Path, typer.Option(help="Predictions in the same layout (e.g. the output of vosd eval).")],
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON with full-precision values instead.")]
-    = False,
+    pred: Annotated[
+        Path, typer.Option(help="Predictions in the same layout (e.g. the output of vosd eval).")
+    ],
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print JSON with full-precision values instead.")
+    ] = False,
     unsupervised: Annotated[bool, typer.Option(
         help="Binary masks over every annotated frame (TMO): --gt is the dataset root read as --dataset.")]
     = False,

@@ -141,17 +141,18 @@ class MiTEncoder(nn.Module):
         in_dims = (3, *spec.hidden_sizes[:-1])
         self.patch_embeddings = nn.ModuleList(
             PatchEmbedding(in_dim, dim, patch, stride)
-            for in_dim, dim, patch, stride in zip(in_dims, spec.hidden_sizes, spec.patch_sizes, spec.strides))
+            for in_dim, dim, patch, stride
+            in zip(in_dims, spec.hidden_sizes, spec.patch_sizes, spec.strides, strict=True))
         self.block = nn.ModuleList(
             nn.ModuleList(TransformerBlock(dim, heads, ratio, spec.mlp_ratio) for _ in range(depth))
             for dim, heads, ratio, depth
-            in zip(spec.hidden_sizes, spec.heads, spec.reduction_ratios, spec.depths))
+            in zip(spec.hidden_sizes, spec.heads, spec.reduction_ratios, spec.depths, strict=True))
         self.layer_norm = nn.ModuleList(nn.LayerNorm(dim) for dim in spec.hidden_sizes)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """(B, 3, H, W) normalised -> four maps (B, C_i, H/s_i, W/s_i), stride 4 first."""
         outputs = []
-        for embed, blocks, norm in zip(self.patch_embeddings, self.block, self.layer_norm):
+        for embed, blocks, norm in zip(self.patch_embeddings, self.block, self.layer_norm, strict=True):
             tokens, height, width = embed(x)
             for block in blocks:
                 tokens = block(tokens, height, width)

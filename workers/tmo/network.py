@@ -78,7 +78,7 @@ class TMONetwork(nn.Module):
 
     def decode(self, appearance: list[Tensor], motion: list[Tensor]) -> Tensor:
         """Features added per stride -> logits (B, 2, S, S) at the encoders' input size S."""
-        return self.decoder([a + m for a, m in zip(appearance, motion)])
+        return self.decoder([a + m for a, m in zip(appearance, motion, strict=True)])
 
     def segment(self, image: Tensor, motion: Tensor, *, aos: bool = False) -> Tensor:
         """Logits (B, 2, H, W), background first, for image and motion (B, 3, ·, ·) float RGB in [0, 1].
