@@ -48,6 +48,7 @@ decoder to exit). A child is STARTING until its first heartbeat, then READY.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import multiprocessing
@@ -63,10 +64,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import redis
 import zmq
+from redis.typing import EncodableT, FieldT
 
 from streamer import resume
 from streamer.config import VosdConfig
@@ -485,7 +487,7 @@ class Daemon:
                 Child(
                     worker_settings.name,
                     worker_settings.inbox_endpoint,
-                    lambda s=worker_settings: self._spawn(run_worker, s),
+                    functools.partial(self._spawn, run_worker, worker_settings),
                 )
             )
         for child in self._children():
@@ -901,7 +903,7 @@ class Daemon:
             fields[f"restarts:{child.name}"] = str(child.restarts)  # for /metrics (streamer/api)
         pipe = self.queue.redis.pipeline(transaction=True)
         pipe.delete(key)
-        pipe.hset(key, mapping=fields)
+        pipe.hset(key, mapping=cast("dict[FieldT, EncodableT]", fields))
         pipe.pexpire(key, int(self.settings.visibility_timeout_s * 1000))
         pipe.execute()
         self._publish_load()
@@ -929,7 +931,8 @@ class Daemon:
             return None
         fresh_after = time.time() - self.settings.visibility_timeout_s
         peer = None
-        for name, value in self.queue.redis.hgetall(self.queue.keys.daemon_loads).items():
+        loads = cast("dict[str, str]", self.queue.redis.hgetall(self.queue.keys.daemon_loads))
+        for name, value in loads.items():
             try:
                 jobs, capacity, published_at = (float(part) for part in value.split())
             except ValueError:

@@ -203,7 +203,12 @@ class _Layout:
             self.fields.append(_HeaderField(f.name, read, options, optional))
 
 
-_layout = functools.cache(_Layout)
+_cached_layout = functools.cache(_Layout)
+
+
+def _layout(cls: type) -> _Layout:
+    """The layout of a message class, computed once per class."""
+    return _cached_layout(cls)
 
 
 class _Message:

@@ -218,6 +218,7 @@ class WriterLoop:
         job_id = start.job_id
         previous = self.finished.get(job_id)
         if previous is not None and previous[0] is JobPhase.COMPLETE:
+            assert previous[1] is not None, "a complete job keeps its EndOfStream"
             self.events.report(previous[1])  # a re-run of a job whose outputs are already complete
             return
         job = self.jobs.get(job_id)
@@ -272,6 +273,7 @@ class WriterLoop:
         self._abort(cancel.job_id, JobPhase.CANCELLED, cancel.reason)
         phase, done = self.finished.get(cancel.job_id, (JobPhase.CANCELLED, None))
         if phase is JobPhase.COMPLETE:
+            assert done is not None, "a complete job keeps its EndOfStream"
             self.events.report(done)
         else:
             self.events.report(Cancel(job_id=cancel.job_id, reason=cancel.reason))

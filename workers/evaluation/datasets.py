@@ -106,7 +106,7 @@ def frame_files(folder: Path) -> tuple[Path, ...]:
     return tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file()))
 
 
-def annotations(frames: tuple[Path, ...], mask_dir: Path, *, all_masks: bool) -> dict[int, Path]:
+def find_annotations(frames: tuple[Path, ...], mask_dir: Path, *, all_masks: bool) -> dict[int, Path]:
     """Frame index -> annotation `<mask_dir>/<frame stem>.png`: every one, or only the first."""
     masks = {}
     for index, frame in enumerate(frames):
@@ -129,7 +129,7 @@ def make_sequence(name: str, frame_dir: Path, mask_dir: Path, *, all_masks: bool
         raise DatasetLayoutError(f"no frames in {frame_dir}")
     if not mask_dir.is_dir():
         raise DatasetLayoutError(f"annotation folder of sequence {name} not found: {mask_dir}")
-    masks = annotations(frames, mask_dir, all_masks=all_masks)
+    masks = find_annotations(frames, mask_dir, all_masks=all_masks)
     if not masks:
         raise DatasetLayoutError(
             f"sequence {name} has no annotation named after one of its frames in {mask_dir}")

@@ -11,6 +11,7 @@ reshaped to (B, C, H/s, W/s) for s = 4, 8, 16, 32, are what TMO uses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -154,7 +155,7 @@ class MiTEncoder(nn.Module):
         outputs = []
         for embed, blocks, norm in zip(self.patch_embeddings, self.block, self.layer_norm, strict=True):
             tokens, height, width = embed(x)
-            for block in blocks:
+            for block in cast(nn.ModuleList, blocks):
                 tokens = block(tokens, height, width)
             x = norm(tokens).transpose(1, 2).unflatten(-1, (height, width))
             outputs.append(x)

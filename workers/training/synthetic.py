@@ -90,7 +90,7 @@ def smooth_noise(
 
 def random_colour(rng: np.random.Generator) -> np.ndarray:
     """A fairly saturated RGB colour, float32 in [0, 255] (near-grey objects vanish into backgrounds)."""
-    hsv = np.uint8([[[rng.integers(0, 180), rng.integers(90, 256), rng.integers(70, 256)]]])
+    hsv = np.array([[[rng.integers(0, 180), rng.integers(90, 256), rng.integers(70, 256)]]], dtype=np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 

@@ -118,7 +118,8 @@ class VideoSession:
         elif not self.started:
             return FrameResult(np.zeros(out_size, dtype=np.uint8), None, (), skipped=True)
         image = self.image_tensor(frame)
-        one_hot, valid = (None, None) if mask is None else self.mask_tensor(mask, tuple(image.shape[-2:]))
+        image_size = (image.shape[-2], image.shape[-1])
+        one_hot, valid = (None, None) if mask is None else self.mask_tensor(mask, image_size)
         autocast = torch.autocast(self.device.type) if self.amp else nullcontext()
         with autocast:
             prob = self.core.step(image, one_hot, valid_labels=valid, end=end)
