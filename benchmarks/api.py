@@ -27,10 +27,9 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from videos import free_port, write_first_mask, write_moving_shape_video  # noqa: E402
-
-from workers.xmem.init import write_random_checkpoint  # noqa: E402
-from workers.xmem.network import NetworkSpec  # noqa: E402
+from videos import free_port, write_first_mask, write_moving_shape_video
+from workers.xmem.init import write_random_checkpoint
+from workers.xmem.network import NetworkSpec
 
 SERVE = "import typer; from streamer.commands import serve_command; typer.run(serve_command)"
 TOKEN = "benchmark-token"

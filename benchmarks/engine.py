@@ -44,7 +44,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def frame_order(count: int, length: int) -> list[int]:
-    """Indices 0..count-1 played forwards then backwards (without repeating the turning frames) up to length."""
+    """Indices 0..count-1 played forwards then backwards (without repeating the turning frames) up to
+    length."""
     cycle = list(range(count)) + list(range(count - 2, 0, -1)) if count > 1 else [0]
     return [cycle[i % len(cycle)] for i in range(length)]
 
@@ -100,8 +101,8 @@ def main() -> None:
             cuda = (f", CUDA peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB"
                     if device.type == "cuda" else "")
             stats = session.memory_stats()
-            print(f"after {count:5d} frames: {count / seconds:6.2f} FPS, peak RSS {peak_rss_mb():.0f} MB{cuda}, "
-                  f"memory {stats}")
+            print(f"after {count:5d} frames: {count / seconds:6.2f} FPS, "
+                  f"peak RSS {peak_rss_mb():.0f} MB{cuda}, memory {stats}")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def score_sequence(network, config: InferenceConfig, root: Path, name: str, size
     session = VideoSession(network, config, size=size)
     model, baseline = SequenceTally(name), SequenceTally(name)
     elapsed = 0.0
-    for index, (frame_path, mask_path) in enumerate(zip(frames, masks)):
+    for index, (frame_path, mask_path) in enumerate(zip(frames, masks, strict=True)):
         frame, truth = read_frame(frame_path), single_object(mask_path)
         started = time.perf_counter()
         result = session.step(frame, first if index == 0 else None, end=index == len(frames) - 1)

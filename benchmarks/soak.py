@@ -1,8 +1,8 @@
 """Soak: a stream of batch jobs into two daemons sharing one Redis, with faults at random times.
 
 Two `vosd serve` processes (a small random network, synthetic H.264 clips) share one Redis server that this
-script runs as if it were external. For `--minutes`, it submits a job every `--submit-every` seconds (while fewer than `--max-queued` wait) and,
-at random intervals, does one of:
+script runs as if it were external. For `--minutes`, it submits a job every `--submit-every` seconds
+(while fewer than `--max-queued` wait) and, at random intervals, does one of:
 
 * kill -9 a worker of a random daemon (the daemon restarts it and re-runs or resumes its jobs);
 * kill -9 a whole daemon (its children go with it; it is started again after a few seconds, as systemd
@@ -36,10 +36,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from videos import write_first_mask, write_moving_shape_video  # noqa: E402
-
 from streamer.jobs import JobQueue, JobState  # noqa: E402
 from streamer.redis_server import EmbeddedRedis  # noqa: E402
+from videos import write_first_mask, write_moving_shape_video  # noqa: E402
 from workers.xmem.init import write_random_checkpoint  # noqa: E402
 from workers.xmem.network import NetworkSpec  # noqa: E402
 

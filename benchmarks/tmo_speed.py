@@ -7,6 +7,7 @@ Random calibrated weights (speed does not depend on them):
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import numpy as np
@@ -25,10 +26,11 @@ def main() -> None:
     frames = [rng.integers(0, 255, (480, 854, 3), dtype=np.uint8) for _ in range(args.frames + 1)]
     dis = DISFlow()
     start = time.perf_counter()
-    colours = [flow_to_colour(dis(a, b)) for a, b in zip(frames, frames[1:])]
+    colours = [flow_to_colour(dis(a, b)) for a, b in itertools.pairwise(frames)]
     print(f"DIS flow + colours at 854x480: {(time.perf_counter() - start) / args.frames * 1000:.0f} ms/frame")
     for variant in ("mitb1", "rn101"):
-        network = make_random_network(variant, options=TMOInitOptions(batches=1, image_size=64)).to(args.device)
+        options = TMOInitOptions(batches=1, image_size=64)
+        network = make_random_network(variant, options=options).to(args.device)
         image = torch.from_numpy(frames[1]).permute(2, 0, 1)[None].float().div(255).to(args.device)
         motion = torch.from_numpy(colours[0]).permute(2, 0, 1)[None].float().div(255).to(args.device)
         with torch.inference_mode():

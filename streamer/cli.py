@@ -7,7 +7,7 @@ runs, so `vosd --help` stays instant.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -33,15 +33,25 @@ app = typer.Typer(
 @app.command("segment")
 def segment_command(
     video: Annotated[str, typer.Argument(help="Video file or stream URL.")],
-    mask: Annotated[Path, typer.Option("--mask", "-m", help="Index mask of the first frame (palette or 0/255 PNG).")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Overlay MP4 to write.")] = None,
-    masks: Annotated[Optional[Path], typer.Option("--masks", help="Folder for one palette PNG per frame.")] = None,
-    rle: Annotated[Optional[Path], typer.Option("--rle", help="JSON-lines file of per-object RLE masks.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Checkpoint file or registered weights name.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="vosd YAML config (inference options, size).")] = None,
-    size: Annotated[Optional[int], typer.Option(help="Shorter side the model sees; -1 keeps the source size.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="torch device; default cuda when available.")] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA).")] = None,
+    mask: Annotated[
+        Path, typer.Option("--mask", "-m", help="Index mask of the first frame (palette or 0/255 PNG).")
+    ],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Overlay MP4 to write.")] = None,
+    masks: Annotated[
+        Path | None, typer.Option("--masks", help="Folder for one palette PNG per frame.")
+    ] = None,
+    rle: Annotated[
+        Path | None, typer.Option("--rle", help="JSON-lines file of per-object RLE masks.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Checkpoint file or registered weights name.")] = None,
+    config: Annotated[Path | None, typer.Option(help="vosd YAML config (inference options, size).")] = None,
+    size: Annotated[
+        int | None, typer.Option(help="Shorter side the model sees; -1 keeps the source size.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="torch device; default cuda when available.")] = None,
+    amp: Annotated[
+        bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA).")
+    ] = None,
 ) -> None:
     """Segment one video locally: overlay MP4 and masks, with a progress bar."""
     from rich.console import Console
@@ -50,8 +60,8 @@ def segment_command(
 
     console = Console(stderr=True)
     try:
-        run_segment(video, mask, output=output, masks_dir=masks, rle_path=rle, model=model, config_path=config,
-                    size=size, device=device, amp=amp, console=console)
+        run_segment(video, mask, output=output, masks_dir=masks, rle_path=rle, model=model,
+                    config_path=config, size=size, device=device, amp=amp, console=console)
     except Exception as error:  # every failure ends in one clear line and a non-zero exit
         from streamer.segment import USER_ERRORS
 
@@ -63,12 +73,14 @@ def segment_command(
 
 app.command("serve", help="Run the daemon: decoder, worker and writer processes around a Redis job queue.")(
     serve_command)
-app.command("submit", help="Queue a segmentation job (file, stream URL or camera) with its first-frame mask.")(
-    submit_command)
+app.command(
+    "submit", help="Queue a segmentation job (file, stream URL or camera) with its first-frame mask."
+)(submit_command)
 app.command("status", help="State and progress of one job, or of the daemon.")(status_command)
 app.command("watch", help="Follow a job with a progress bar until it ends.")(watch_command)
 app.command("cancel", help="Cancel a queued or running job (takes effect within a second).")(cancel_command)
-app.command("stop", help="End a running job now and keep its outputs; a queued job is cancelled.")(stop_command)
+app.command("stop", help="End a running job now and keep its outputs; a queued job is cancelled.")(
+    stop_command)
 app.command("jobs", help="List jobs, newest first.")(jobs_command)
 app.command("eval", help="Run XMem (or TMO, --method tmo) on a dataset and write palette PNGs per sequence.")(
     eval_command)

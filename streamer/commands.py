@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from streamer.jobs import DaemonLoad, JobQueue, JobRecord
 
 ConfigPath = Annotated[
-    Optional[Path], typer.Option("--config", "-c", help="YAML configuration (default: built-in defaults).")
+    Path | None, typer.Option("--config", "-c", help="YAML configuration (default: built-in defaults).")
 ]
 
 
@@ -129,18 +129,18 @@ def submit_command(
         str, typer.Argument(help="Video file, stream URL (rtsp://, udp://, http://) or camera.")
     ],
     mask: Annotated[
-        Optional[Path], typer.Option("--mask", "-m", help="First-frame index mask (PNG).")
+        Path | None, typer.Option("--mask", "-m", help="First-frame index mask (PNG).")
     ] = None,
     live: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--live/--batch", help="Live: newest frames, drops counted. Default: from the source."),
     ] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output directory.")] = None,
     option: Annotated[
-        Optional[list[str]], typer.Option("--option", "-O", help="XMem option, name=value (repeatable).")
+        list[str] | None, typer.Option("--option", "-O", help="XMem option, name=value (repeatable).")
     ] = None,
     max_frames: Annotated[
-        Optional[int], typer.Option("--max-frames", min=1, help="Stop after this many frames.")
+        int | None, typer.Option("--max-frames", min=1, help="Stop after this many frames.")
     ] = None,
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4.")] = True,
     pngs: Annotated[bool, typer.Option("--pngs/--no-pngs", help="Write palette PNG masks.")] = True,
@@ -198,7 +198,7 @@ def _source_health(record: JobRecord) -> str:
 
 
 def status_command(
-    job: Annotated[Optional[str], typer.Argument(help="Job id; all recent jobs when omitted.")] = None,
+    job: Annotated[str | None, typer.Argument(help="Job id; all recent jobs when omitted.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     config: ConfigPath = None,
 ) -> None:

@@ -47,6 +47,8 @@ decoder to exit). A child is STARTING until its first heartbeat, then READY.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import multiprocessing
@@ -62,10 +64,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import redis
 import zmq
+from redis.typing import EncodableT, FieldT
 
 from streamer import resume
 from streamer.config import VosdConfig
@@ -493,7 +496,7 @@ class Daemon:
                 Child(
                     worker_settings.name,
                     worker_settings.inbox_endpoint,
-                    lambda s=worker_settings: self._spawn(run_worker, s),
+                    functools.partial(self._spawn, run_worker, worker_settings),
                 )
             )
         for child in self._children():
@@ -834,10 +837,8 @@ class Daemon:
 
     def _signal_decoder(self, job: DaemonJob, signum: int) -> None:
         if job.decoder is not None and job.decoder.is_alive() and job.decoder.pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(job.decoder.pid, signum)
-            except ProcessLookupError:
-                pass
 
     def _cancel_writer(self, job_id: str, reason: str) -> None:
         self._send_writer(Cancel(job_id=job_id, reason=reason))
@@ -859,7 +860,7 @@ class Daemon:
         pipe = self.queue.redis.pipeline(transaction=False)
         for job in active:
             pipe.hmget(self.queue.keys.job(job.job_id), "cancel_requested", "stop_requested")
-        for job, (cancel, stop) in zip(active, pipe.execute()):
+        for job, (cancel, stop) in zip(active, pipe.execute(), strict=True):
             if cancel == "1":
                 self._end(job, Ending(Outcome.CANCELLED, "cancelled on request"))
             elif stop == "1":
@@ -911,7 +912,7 @@ class Daemon:
             fields[f"restarts:{child.name}"] = str(child.restarts)  # for /metrics (streamer/api)
         pipe = self.queue.redis.pipeline(transaction=True)
         pipe.delete(key)
-        pipe.hset(key, mapping=fields)
+        pipe.hset(key, mapping=cast("dict[FieldT, EncodableT]", fields))
         pipe.pexpire(key, int(self.settings.visibility_timeout_s * 1000))
         pipe.execute()
         self._publish_load()

@@ -33,10 +33,10 @@ import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 import av
@@ -479,8 +479,8 @@ class Source:
 class _AVPicture(_Picture):
     def __init__(self, frame: av.VideoFrame) -> None:
         self.frame = frame
-        known = frame.pts is not None and frame.time_base
-        self.pts_seconds = float(frame.pts * frame.time_base) if known else None
+        pts, time_base = frame.pts, frame.time_base
+        self.pts_seconds = float(pts * time_base) if pts is not None and time_base else None
         self.size = Size(frame.width, frame.height)
 
     def rgb(self, size: Size) -> np.ndarray:
@@ -510,9 +510,9 @@ class _AVConnection(_Connection):
         except av.FFmpegError as error:
             raise SourceError(_open_error_message(uri, target, error)) from error
         if not self.container.streams.video:
-            kinds = sorted({stream.type for stream in self.container.streams}) or ["none"]
+            kinds = ", ".join(sorted({stream.type for stream in self.container.streams})) or "none"
             self.container.close()
-            raise SourceError(f"{uri}: no video stream (streams found: {', '.join(kinds)})")
+            raise SourceError(f"{uri}: no video stream (streams found: {kinds})")
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
         self.info, self._exact_count = self._describe()

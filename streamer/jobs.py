@@ -49,7 +49,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
@@ -407,6 +407,12 @@ def _allowed_from(target: JobState) -> str:
     return ",".join(state.value for state, moves in TRANSITIONS.items() if target in moves)
 
 
+_StreamEntry = tuple[str, dict[str, str]]
+"""One stream entry as redis-py returns it from a decode_responses=True client: (entry id, fields)."""
+_StreamReply = list[tuple[str, list[_StreamEntry]]]
+"""XREADGROUP's reply: (stream name, entries) per stream."""
+
+
 class JobQueue:
     """Submit, claim, heartbeat, finish, cancel and list jobs. See the module docstring for the protocol."""
 
@@ -475,9 +481,9 @@ class JobQueue:
             # Wake up often enough to notice entries that become abandoned while we wait.
             wait_s = min(deadline - time.monotonic(), self.visibility_timeout_s / 2)
             wait_ms = max(1, int(wait_s * 1000))
-            reply = self.redis.xreadgroup(
+            reply = cast("_StreamReply", self.redis.xreadgroup(
                 self.keys.group, consumer, {self.keys.queue: ">"}, count=1, block=wait_ms
-            )
+            ))
             if reply:
                 entry_id, fields = reply[0][1][0]
                 claim = self._start(consumer, entry_id, fields, attempt=1)
@@ -575,14 +581,14 @@ class JobQueue:
         return self.redis.hget(self.keys.job(job_id), "cancel_requested") == "1"
 
     def get(self, job_id: str) -> JobRecord:
-        fields = self.redis.hgetall(self.keys.job(job_id))
+        fields = cast("dict[str, str]", self.redis.hgetall(self.keys.job(job_id)))
         if not fields:
             raise JobNotFound(job_id)
         return JobRecord.from_fields(fields)
 
     def list_jobs(self, *, limit: int = 50, offset: int = 0) -> list[JobRecord]:
         """Jobs newest first, for `vosd jobs`."""
-        ids = self.redis.zrevrange(self.keys.index, offset, offset + limit - 1)
+        ids = cast("list[str]", self.redis.zrevrange(self.keys.index, offset, offset + limit - 1))
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(self.keys.job(job_id))
@@ -590,14 +596,15 @@ class JobQueue:
 
     def dead_letters(self, *, count: int = 100) -> list[dict[str, str]]:
         """Jobs given up for good, oldest first: job_id, reason, attempts, runs, worker (the last holder)."""
-        return [fields for _, fields in self.redis.xrange(self.keys.dead_letters, count=count)]
+        entries = cast("list[_StreamEntry]", self.redis.xrange(self.keys.dead_letters, count=count))
+        return [fields for _, fields in entries]
 
     def publish_load(self, daemon: str, load: DaemonLoad) -> None:
         self.redis.hset(self.keys.daemon_loads, daemon, load.encode())
 
     def daemon_loads(self) -> dict[str, DaemonLoad | None]:
         """Every daemon's last published load (None where it does not parse), fresh or not."""
-        raw = self.redis.hgetall(self.keys.daemon_loads)
+        raw = cast("dict[str, str]", self.redis.hgetall(self.keys.daemon_loads))
         return {name: DaemonLoad.decode(value) for name, value in raw.items()}
 
     def forget_daemon(self, daemon: str) -> None:
@@ -606,10 +613,8 @@ class JobQueue:
     def daemon_statuses(self) -> dict[str, dict[str, str]]:
         """Status hashes of the daemons alive now (pid, child pids, restarts, Redis outages)."""
         prefix = self.keys.daemon("")
-        return {
-            key.removeprefix(prefix): self.redis.hgetall(key)
-            for key in sorted(self.redis.scan_iter(match=f"{prefix}*"))
-        }
+        keys = sorted(cast("list[str]", list(self.redis.scan_iter(match=f"{prefix}*"))))
+        return {key.removeprefix(prefix): cast("dict[str, str]", self.redis.hgetall(key)) for key in keys}
 
     def live_consumers(self) -> list[str]:
         """Consumers whose heartbeat key has not expired."""

@@ -125,7 +125,9 @@ def colourise(mask: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray
     return (DAVIS_PALETTE if palette is None else palette)[mask]
 
 
-def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5, palette: np.ndarray | None = None) -> np.ndarray:
+def overlay(
+    frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5, palette: np.ndarray | None = None
+) -> np.ndarray:
     """Blend palette colours over an RGB frame where the mask is non-zero, ``uint8 (H, W, 3)``."""
     if frame.shape[:2] != mask.shape:
         raise ValueError(f"frame {frame.shape[:2]} and mask {mask.shape} differ in size")
@@ -143,7 +145,7 @@ def rle_encode(binary: np.ndarray) -> dict:
     boundaries = np.concatenate(([0], changes, [flat.size]))
     counts = np.diff(boundaries).tolist()
     if flat.size and flat[0]:
-        counts = [0] + counts
+        counts = [0, *counts]
     return {"size": [int(binary.shape[0]), int(binary.shape[1])], "counts": [int(c) for c in counts]}
 
 

@@ -33,13 +33,16 @@ import functools
 import json
 import math
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Any, ClassVar, Self, Sequence, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 import zmq
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+
 
 PROTOCOL_VERSION = 1
 """Bumped when a header changes incompatibly; a receiver rejects other versions."""
@@ -200,7 +203,12 @@ class _Layout:
             self.fields.append(_HeaderField(f.name, read, options, optional))
 
 
-_layout = functools.cache(_Layout)
+_cached_layout = functools.cache(_Layout)
+
+
+def _layout(cls: type) -> _Layout:
+    """The layout of a message class, computed once per class."""
+    return _cached_layout(cls)
 
 
 class _Message:
@@ -422,27 +430,27 @@ class CheckpointSaved(_Message):
     frame: int = field(metadata=_wire(minimum=1))
 
 
-Message = Union[
-    JobStart,
-    FrameMessage,
-    MaskMessage,
-    EndOfStream,
-    EndAck,
-    Credit,
-    Cancel,
-    Shutdown,
-    Progress,
-    Heartbeat,
-    ErrorMessage,
-    SourceStatus,
-    CheckpointSaved,
-]
+Message = (
+    JobStart
+    | FrameMessage
+    | MaskMessage
+    | EndOfStream
+    | EndAck
+    | Credit
+    | Cancel
+    | Shutdown
+    | Progress
+    | Heartbeat
+    | ErrorMessage
+    | SourceStatus
+    | CheckpointSaved
+)
 
 _CLASSES: dict[MessageKind, type[Message]] = {cls.KIND: cls for cls in get_args(Message)}
 
 _PAYLOAD_KINDS = frozenset(kind for kind, cls in _CLASSES.items() if _layout(cls).payload is not None)
 
-WirePart = Union[bytes, memoryview, np.ndarray]
+WirePart = bytes | memoryview | np.ndarray
 """What `encode` returns and ``send_multipart(copy=False)`` accepts."""
 
 

@@ -65,7 +65,7 @@ def _read_ahead(source: Source, frames: queue.Queue, stop: threading.Event) -> N
             if stop.is_set():
                 return
         frames.put(_END)
-    except BaseException as error:  # noqa: BLE001 - handed to the main thread, which re-raises it
+    except BaseException as error:  # handed to the main thread, which re-raises it
         frames.put(_Failure(error))
 
 
@@ -91,7 +91,7 @@ def _write_behind(writer: OutputWriter, results: queue.Queue, failures: list[Bas
             continue  # keep draining so the model thread never blocks on a dead writer
         try:
             writer.write(*item)
-        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+        except BaseException as error:  # reported by the main thread
             failures.append(error)
 
 
@@ -103,7 +103,8 @@ def segment_video(
     *,
     on_frame: Callable[[int], None] | None = None,
 ) -> SegmentResult:
-    """Run ``session`` (a VideoSession) over every frame of ``source``; ``first_mask`` is frame 0's index mask.
+    """Run ``session`` (a VideoSession) over every frame of ``source``; ``first_mask`` is frame 0's index
+    mask.
 
     ``on_frame(index)`` is called after each frame (progress). The writer is closed on success and aborted
     on any failure, so no partial output is left under the final names.
@@ -112,7 +113,8 @@ def segment_video(
     results: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
     stop = threading.Event()
     write_failures: list[BaseException] = []
-    reader = threading.Thread(target=_read_ahead, args=(source, frames, stop), name="vosd-reader", daemon=True)
+    reader = threading.Thread(
+        target=_read_ahead, args=(source, frames, stop), name="vosd-reader", daemon=True)
     writer_thread = threading.Thread(
         target=_write_behind, args=(writer, results, write_failures), name="vosd-writer", daemon=True)
     reader.start()
@@ -212,8 +214,8 @@ def run_segment(
                           crf=settings.writer.crf)
     console.print(f"[bold]vosd segment[/bold] {video}: {info.width}x{info.height} @ {info.fps:.3g} fps, "
                   f"model {checkpoint.name} on {device}")
-    columns = (TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fps]} fps"),
-               TimeRemainingColumn())
+    columns = (TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[fps]} fps"), TimeRemainingColumn())
     with source, Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("frames", total=info.frame_count, fps="-")
         started = time.perf_counter()

@@ -42,6 +42,7 @@ States of a job here: OPEN -> ENDING (EndOfStream seen, masks left to join) -> C
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -55,6 +56,7 @@ from typing import Any
 import zmq
 
 from streamer import resume
+from streamer.lifeline import exit_with_parent
 from streamer.messages import (
     Cancel,
     CheckpointSaved,
@@ -68,7 +70,6 @@ from streamer.messages import (
     Progress,
     Shutdown,
 )
-from streamer.lifeline import exit_with_parent
 from streamer.transport import EventReporter, QueueSettings, ResultCollector
 
 logger = logging.getLogger(__name__)
@@ -123,10 +124,8 @@ def output_paths(outputs: dict[str, Any]) -> dict[str, str]:
 
 def remove_if_empty(directory: Path) -> None:
     """Remove a job's output directory that holds nothing (its outputs were discarded), never a file."""
-    try:
+    with contextlib.suppress(OSError):  # not empty (other files, a user's directory) or already gone
         directory.rmdir()
-    except OSError:
-        pass  # not empty (other files, a user's directory) or already gone
 
 
 @dataclass
@@ -219,6 +218,7 @@ class WriterLoop:
         job_id = start.job_id
         previous = self.finished.get(job_id)
         if previous is not None and previous[0] is JobPhase.COMPLETE:
+            assert previous[1] is not None, "a complete job keeps its EndOfStream"
             self.events.report(previous[1])  # a re-run of a job whose outputs are already complete
             return
         job = self.jobs.get(job_id)
@@ -273,6 +273,7 @@ class WriterLoop:
         self._abort(cancel.job_id, JobPhase.CANCELLED, cancel.reason)
         phase, done = self.finished.get(cancel.job_id, (JobPhase.CANCELLED, None))
         if phase is JobPhase.COMPLETE:
+            assert done is not None, "a complete job keeps its EndOfStream"
             self.events.report(done)
         else:
             self.events.report(Cancel(job_id=cancel.job_id, reason=cancel.reason))

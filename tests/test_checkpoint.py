@@ -220,7 +220,7 @@ def meta_state(spec: NetworkSpec) -> dict[str, torch.Tensor]:
 def test_lite_network_round_trip(tmp_path: Path) -> None:
     network = make_random_network(LITE, seed=4)
     outputs = run_all_steps(network, objects=3)
-    key, shrinkage, selection, f16, value, logits, prob, hidden, new_hidden = outputs
+    key, _shrinkage, _selection, f16, value, _logits, prob, hidden, new_hidden = outputs
     assert f16.shape == (1, 112, H // 16, W // 16) and key.shape == (1, 64, H // 16, W // 16)
     assert value.shape == (1, 3, 256, H // 16, W // 16) and prob.shape == (1, 4, H, W)
     assert new_hidden.shape == hidden.shape == (1, 3, 32, H // 16, W // 16)

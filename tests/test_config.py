@@ -129,14 +129,17 @@ def test_unknown_keys_are_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert "xmem.mem_evry: unknown key" in message and "writers: unknown key" in message
 
     monkeypatch.setenv("VOSD_XMEM__TOPK", "5")
-    with pytest.raises(ConfigError, match="xmem.topk: unknown key"):
+    with pytest.raises(ConfigError, match=r"xmem\.topk: unknown key"):
         load_config(None)
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("xmem:\n  min_mid_term_frames: 10\n", "min_mid_term_frames (10) must be smaller than max_mid_term_frames (10)"),
+        (
+            "xmem:\n  min_mid_term_frames: 10\n",
+            "min_mid_term_frames (10) must be smaller than max_mid_term_frames (10)",
+        ),
         ("workers:\n  devices: [gpu0]\n", "unknown device 'gpu0'"),
         ("transport:\n  live_drop_policy: newest\n", "transport.live_drop_policy"),
         ("redis:\n  heartbeat_interval_s: 10\n", "at most a third"),

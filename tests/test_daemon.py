@@ -29,16 +29,6 @@ import typer
 import yaml
 import zmq
 from typer.testing import CliRunner
-from videos import (
-    LiveServer,
-    corrupt_file,
-    free_port,
-    truncate_file,
-    write_first_mask,
-    write_moving_shape_video,
-    write_text_file,
-    write_zero_byte_file,
-)
 
 from streamer.commands import (
     cancel_command,
@@ -53,6 +43,16 @@ from streamer.masks import read_index_mask
 from streamer.messages import Cancel, EndOfStream, FrameMessage, JobStart, MaskMessage, Shutdown
 from streamer.transport import QueueSettings, ResultCollector, ResultSender
 from streamer.writer_process import WriterSettings, output_paths, run_writer
+from videos import (
+    LiveServer,
+    corrupt_file,
+    free_port,
+    truncate_file,
+    write_first_mask,
+    write_moving_shape_video,
+    write_text_file,
+    write_zero_byte_file,
+)
 from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
 
@@ -339,7 +339,7 @@ def test_live_stream_cut_and_restarted_reconnects_and_the_job_continues(served: 
 
 def _many_objects(directory: Path, mask: np.ndarray) -> Path:
     many = mask.copy()
-    for label, row in zip(range(3, 8), range(0, 100, 20)):
+    for label, row in zip(range(3, 8), range(0, 100, 20), strict=True):
         many[row : row + 5, :5] = label
     return write_first_mask(directory / "many.png", many)
 
@@ -485,7 +485,8 @@ def test_writer_answers_every_cancel_with_what_is_on_disk(
 
 def test_sigterm_hands_running_jobs_back_and_the_next_daemon_completes_them(redis_url: str, clips) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="vosd-g-"))
-    # The visibility timeout is far past this test's patience: only an immediate hand-back lets the job resume.
+    # The visibility timeout is far past this test's patience: only an immediate hand-back lets the job
+    # resume.
     config = _write_config(data_dir, url=redis_url, key_prefix="drain", visibility_timeout_s=600.0)
     queue = JobQueue(redis_lib.Redis.from_url(redis_url, decode_responses=True), keys=KeyNames("drain"))
     try:

@@ -11,10 +11,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis as redis_lib
-import yaml
+from typer.testing import CliRunner
+
+from streamer.jobs import JobQueue, JobRecord, JobState, KeyNames
+from streamer.redis_server import Role, resolve_redis
 from test_daemon import (
     JOB_TIMEOUT_S,
     Served,
@@ -24,11 +26,7 @@ from test_daemon import (
     _stop,
     _write_config,
 )
-from typer.testing import CliRunner
 from videos import write_first_mask, write_moving_shape_video
-
-from streamer.jobs import JobQueue, JobRecord, JobState, KeyNames
-from streamer.redis_server import Role, resolve_redis
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -180,21 +178,20 @@ def test_two_daemons_spread_jobs_and_the_survivor_takes_over_every_job_of_a_kill
         assert sorted(holders.count(name) for name in set(holders)) == [2, 2], holders  # was 3 and 1
 
         victim_name = holders[0]
-        victim = next(
-            d for d in (first, second) if str(d.process.pid) == queue.redis.hget(queue.keys.daemon(victim_name), "pid")
-        )
+        victim_pid = queue.redis.hget(queue.keys.daemon(victim_name), "pid")
+        victim = next(d for d in (first, second) if str(d.process.pid) == victim_pid)
         survivor = second if victim is first else first
         children = _children_of(queue, victim_name)
         victim.process.kill()
         victim.process.wait()
 
         final = _wait_final([survivor], queue, jobs)
-        for job, record in final.items():
+        for record in final.values():
             assert record.state is JobState.DONE, record.error
             assert record.attempts <= 2, record
             _assert_complete_outputs(record, 96)
         assert queue.dead_letters() == []
-        taken_over = [job for job, holder in zip(jobs, holders) if holder == victim_name]
+        taken_over = [job for job, holder in zip(jobs, holders, strict=True) if holder == victim_name]
         assert all(final[job].attempts == 2 for job in taken_over)
         # The killed daemon's children went with it, and took their temporary outputs along.
         deadline = time.monotonic() + 10

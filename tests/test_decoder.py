@@ -14,15 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from videos import (
-    corrupt_file,
-    free_port,
-    truncate_file,
-    write_first_mask,
-    write_moving_shape_video,
-    write_text_file,
-    write_zero_byte_file,
-)
 
 from streamer.decoder import DecoderSettings, run_decoder
 from streamer.messages import (
@@ -36,6 +27,15 @@ from streamer.messages import (
     SourceStatus,
 )
 from streamer.transport import FrameInbox, QueueSettings, ResultCollector
+from videos import (
+    corrupt_file,
+    free_port,
+    truncate_file,
+    write_first_mask,
+    write_moving_shape_video,
+    write_text_file,
+    write_zero_byte_file,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -147,7 +147,7 @@ def test_batch_job_is_lossless_in_order_with_the_same_source_frames_for_worker_a
     full = [m for m in peers.seen_by_writer if isinstance(m, FrameMessage)]
     assert isinstance(peers.seen_by_writer[0], JobStart)
     assert [f.index for f in full] == list(range(36))
-    assert all(np.array_equal(f.image, w.image) for f, w in zip(full, frames))
+    assert all(np.array_equal(f.image, w.image) for f, w in zip(full, frames, strict=True))
     totals = [m.frames_total for m in peers.seen_by_daemon if isinstance(m, Progress)]
     assert totals == [36]
     assert not [m for m in peers.seen_by_daemon if isinstance(m, ErrorMessage)]
@@ -252,7 +252,7 @@ def test_truncated_file_streams_the_good_frames_then_fails_and_cancels(
 
 def _mask_too_many(directory: Path, mask: np.ndarray) -> Path:
     many = mask.copy()
-    for label, row in zip(range(3, 8), range(0, 100, 20)):
+    for label, row in zip(range(3, 8), range(0, 100, 20), strict=True):
         many[row : row + 5, :5] = label
     return write_first_mask(directory / "many.png", many)
 

@@ -1,6 +1,6 @@
 """Evaluation: dataset layout discovery (DAVIS 2016/2017, YouTube-VOS, Long-Time Video, generic) on folders
-built here from real JPEG/PNG files, the per-video usage-counting rule, and `vosd eval` + `vosd score` end to end
-with a calibrated random checkpoint."""
+built here from real JPEG/PNG files, the per-video usage-counting rule, and `vosd eval` + `vosd score` end to
+end with a calibrated random checkpoint."""
 
 from __future__ import annotations
 
@@ -127,7 +127,8 @@ def test_long_time_video_is_never_resized_and_generic_keeps_size(tmp_path: Path)
         write_jpeg(tmp_path / "long_video_set" / "JPEGImages" / "blueboy" / f"{t:05d}.jpg", rng)
     (tmp_path / "long_video_set" / "Annotations" / "blueboy").mkdir(parents=True)
     for t in (0, 2):  # ground truth of later frames is not an input
-        write_index_mask(tmp_path / "long_video_set" / "Annotations" / "blueboy" / f"{t:05d}.png", blob_mask([1]))
+        blueboy = tmp_path / "long_video_set" / "Annotations" / "blueboy"
+        write_index_mask(blueboy / f"{t:05d}.png", blob_mask([1]))
     lv = load_dataset("LV3", tmp_path, size=480)
     assert lv.size == -1 and list(lv.sequences[0].masks) == [0]
     generic = load_dataset("generic", tmp_path / "long_video_set", size=320)

@@ -241,7 +241,7 @@ def run_small(network: XMemNetwork | Recording, config: InferenceConfig, frames:
         mask = valid = None
         if t == 0 or t in late:
             new = 1 if t == 0 else late[t]
-            labels = labels if t == 0 else labels + [new]
+            labels = labels if t == 0 else [*labels, new]
             core.set_all_labels(labels)
             mask = torch.zeros(len(labels), 48, 64)
             mask[-1, 4 + 10 * len(labels) : 20 + 10 * len(labels), 8 : 30] = 1

@@ -64,7 +64,8 @@ def test_decodes_h264_file_in_order_at_working_size(clip: tuple[Path, list[np.nd
     times = np.array([frame.pts_seconds for frame in frames])
     assert times[0] == 0.0 and np.all(np.diff(times) > 0)
     np.testing.assert_allclose(times, np.arange(48) / 24.0, atol=1e-3)
-    for frame, mask in zip(frames[::8], masks[::8]):  # RGB order and content: each shape has its own colour
+    # RGB order and content: each shape has its own colour
+    for frame, mask in zip(frames[::8], masks[::8], strict=True):
         for label in (1, 2):
             inside = frame.source_image[interior(mask == label)].astype(float).mean(axis=0)
             assert np.abs(inside - OBJECT_COLOURS[label]).max() < 25
@@ -119,8 +120,10 @@ def test_truncated_file_yields_frames_before_the_cut_then_reports(tmp_path: Path
     masks = write_moving_shape_video(whole, frames=48, faststart=True)
     cut = truncate_file(whole, tmp_path / f"cut{suffix}", fraction=0.6)
     received = []
-    with open_source(cut) as source:
-        with pytest.raises(TruncatedSourceError, match=r"truncated at frame \d+ of 48") as caught:
+    with (
+        open_source(cut) as source,
+        pytest.raises(TruncatedSourceError, match=r"truncated at frame \d+ of 48") as caught,
+    ):
             for frame in source:
                 received.append(frame)
     assert 0 < len(received) < 48

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+from conftest import SPAWN
 from streamer.jobs import (
     HeartbeatStatus,
     JobNotFound,
@@ -20,8 +21,6 @@ from streamer.jobs import (
     JobState,
     KeyNames,
 )
-
-from conftest import SPAWN
 
 WAIT_S = 15.0
 """Upper bound for waits on other processes; only reached when something is broken."""

@@ -143,7 +143,7 @@ def test_small_variant_is_smaller_and_keeps_the_name_scheme() -> None:
     assert {n for n in official if not n.startswith("key_encoder.")} <= rest
     assert "key_encoder.res2.0.conv3.weight" not in shapes  # basic blocks, not bottlenecks
     assert tuple(shapes["key_proj.key_proj.weight"]) == (64, 256, 3, 3)
-    assert tuple(shapes["value_encoder.fuser.block2.conv2.weight"])[0] == spec.value_dim
+    assert shapes["value_encoder.fuser.block2.conv2.weight"][0] == spec.value_dim
     with torch.device("meta"):
         count = sum(p.numel() for p in XMemNetwork(spec).parameters())
     assert count < 62_185_224 / 3
@@ -176,7 +176,7 @@ def test_step_shapes(official: XMemNetwork, objects: int, batch: int, size: tupl
     assert selection.shape == (batch, 64, h, w)
     assert (f16.shape, f8.shape, f4.shape) == (
         (batch, 1024, h, w), (batch, 512, 2 * h, 2 * w), (batch, 256, 4 * h, 4 * w))
-    assert shrinkage.min() >= 1 and 0 < selection.min() and selection.max() < 1
+    assert shrinkage.min() >= 1 and selection.min() > 0 and selection.max() < 1
     hidden = torch.zeros(batch, objects, spec.hidden_dim, h, w)
     masks = box_masks(objects, batch, size)
     value, hidden = official.encode_value(frames, f16, hidden, masks, deep_update=True)
@@ -217,10 +217,10 @@ def test_hidden_updates_change_the_state(small: XMemNetwork) -> None:
 @torch.no_grad()
 def test_no_sensory_network_runs(no_sensory: XMemNetwork) -> None:
     assert no_sensory.value_encoder.hidden_reinforce is None and no_sensory.decoder.hidden_update is None
-    key, _, _, f16, f8, f4 = no_sensory.encode_key(image(3), need_shrinkage=True, need_selection=True)
+    _key, _, _, f16, f8, f4 = no_sensory.encode_key(image(3), need_shrinkage=True, need_selection=True)
     value, hidden = no_sensory.encode_value(image(3), f16, None, box_masks(2), deep_update=True)
     assert hidden is None and value.shape == (1, 2, 256, H // 16, W // 16)
-    new_hidden, logits, prob = no_sensory.segment(f16, f8, f4, None, value, update_hidden=True)
+    new_hidden, _logits, prob = no_sensory.segment(f16, f8, f4, None, value, update_hidden=True)
     assert new_hidden is None and prob.shape == (1, 3, H, W)
 
 
@@ -297,7 +297,7 @@ def test_batch_items_are_independent(small: XMemNetwork) -> None:
     frames = torch.cat([image(6), image(7)])
     both = small.encode_key(frames, need_shrinkage=True, need_selection=True)
     second = small.encode_key(image(7), need_shrinkage=True, need_selection=True)
-    for batched, single in zip(both, second):
+    for batched, single in zip(both, second, strict=True):
         assert torch.allclose(batched[1:], single, atol=1e-4)
 
 

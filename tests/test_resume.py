@@ -22,14 +22,13 @@ import pytest
 import redis as redis_lib
 import torch
 import yaml
-from videos import write_first_mask, write_moving_shape_video
 
 from streamer import resume
 from streamer.jobs import JobQueue, JobRecord, JobState, KeyNames
 from streamer.masks import read_index_mask, write_index_mask
+from videos import write_first_mask, write_moving_shape_video
 from workers.xmem.config import InferenceConfig
-from workers.xmem.init import write_random_checkpoint
-from workers.xmem.init import InitOptions, make_random_network
+from workers.xmem.init import InitOptions, make_random_network, write_random_checkpoint
 from workers.xmem.network import NetworkSpec, XMemNetwork
 from workers.xmem.session import VideoSession, load_state, save_state
 

@@ -10,10 +10,10 @@ import av
 import numpy as np
 import pytest
 from typer.testing import CliRunner
-from videos import write_first_mask, write_moving_shape_video
 
 from streamer.cli import app
 from streamer.masks import read_index_mask
+from videos import write_first_mask, write_moving_shape_video
 from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
 
@@ -64,7 +64,9 @@ def test_segment_writes_overlay_masks_and_rle_for_every_frame(clip, tmp_path: Pa
         ({"model": "missing.pth"}, "missing.pth"),
     ],
 )
-def test_segment_bad_inputs_fail_in_one_line(clip, tmp_path: Path, change: dict[str, str], message: str) -> None:
+def test_segment_bad_inputs_fail_in_one_line(
+    clip, tmp_path: Path, change: dict[str, str], message: str
+) -> None:
     paths = {name: str(path) for name, path in clip.items()}
     paths.update({name: str(tmp_path / value) for name, value in change.items()})
     result = CliRunner().invoke(

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tmo_helpers import SMALL, random_network
 from typer.testing import CliRunner
-from videos import render_moving_shapes
 
 from streamer.cli import app
 from streamer.masks import read_index_mask, write_index_mask
+from tmo_helpers import SMALL, random_network
+from videos import render_moving_shapes
 from workers.evaluation.datasets import DatasetLayoutError, DatasetName, load_dataset
 from workers.evaluation.unsupervised import load_unsupervised, run_unsupervised, score_unsupervised
 from workers.tmo.checkpoint import save_checkpoint
@@ -37,7 +37,7 @@ def write_clip(frame_dir: Path, names: list[str], suffix: str = ".jpg") -> list[
     """Frames of a moving disc named `names`; returns the true binary masks."""
     frame_dir.mkdir(parents=True, exist_ok=True)
     masks = []
-    for name, (frame, mask) in zip(names, render_moving_shapes(frames=len(names), size=SIZE)):
+    for name, (frame, mask) in zip(names, render_moving_shapes(frames=len(names), size=SIZE), strict=True):
         Image.fromarray(frame).save(frame_dir / f"{name}{suffix}")
         masks.append(mask)
     return masks

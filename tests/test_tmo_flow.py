@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tmo_helpers import SMALL, random_network
 from torchvision.utils import flow_to_image
-from videos import render_moving_shapes
 
+from tmo_helpers import SMALL, random_network
+from videos import render_moving_shapes
 from workers.tmo.flow import DISFlow, FlowConfig, FlowError, RAFTFlow, flow_to_colour, make_flow
 from workers.tmo.session import TMOSession
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tmo_helpers import SMALL, random_network, reference_confidence, reference_segment
 
+from tmo_helpers import SMALL, random_network, reference_confidence, reference_segment
 from workers.tmo import load_network
-from workers.tmo.checkpoint import CheckpointError
-from workers.tmo.checkpoint import save_checkpoint
+from workers.tmo.checkpoint import CheckpointError, save_checkpoint
 from workers.tmo.init import TMOInitOptions, random_checkpoint_state, write_random_checkpoint
 from workers.tmo.layouts import Layout, from_network_keys, hf4_to_hf5, hf5_to_hf4
 
 LAYOUTS = [Layout("current"), Layout("current", True), Layout("wacv"), Layout("wacv", True)]
-MIT_LAYOUTS = LAYOUTS + [Layout("current", False, "hf5"), Layout("wacv", True, "hf5")]
+MIT_LAYOUTS = [*LAYOUTS, Layout("current", False, "hf5"), Layout("wacv", True, "hf5")]
 
 
 def frames(seed: int, size: tuple[int, int] = (40, 56)) -> tuple[torch.Tensor, torch.Tensor]:

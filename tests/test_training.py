@@ -183,7 +183,7 @@ def test_clip_forward_predicts_later_frames_and_trains_end_to_end(small_network:
     small_network.zero_grad()
     output = small_network(torch.randn(2, 3, 3, 64, 64), first, num_objects, plan)
     assert len(output.logits) == len(output.probs) == 2
-    for logits, prob in zip(output.logits, output.probs):
+    for logits, prob in zip(output.logits, output.probs, strict=True):
         assert logits.shape == prob.shape == (2, 3, 64, 64)
         assert torch.allclose(prob.sum(dim=1), torch.ones(2, 64, 64), atol=1e-5)
         assert torch.allclose(torch.softmax(logits, dim=1), prob, atol=1e-6)
@@ -380,7 +380,7 @@ def test_lite0_state_with_a_missing_or_misshapen_block_is_refused(lite0_raw: dic
     with pytest.raises(PretrainedWeightsError, match="EfficientNet-Lite0 tensors up to stride 16"):
         convert_lite0(without)
     misshapen = {**lite0_raw, "_blocks.4._project_conv.weight": torch.zeros(24, 144, 3, 3)}
-    with pytest.raises(PretrainedWeightsError, match="_blocks.4._project_conv.weight"):
+    with pytest.raises(PretrainedWeightsError, match=r"_blocks\.4\._project_conv\.weight"):
         convert_lite0(misshapen)
 
 
@@ -422,7 +422,7 @@ def test_freeze_parameters_fixes_matching_prefixes_only(small_network: torch.nn.
                       "decoder.pred.weight", "decoder.pred.bias"}
     assert sum(1 for _ in network.named_parameters()) > len(frozen)
     other = copy.deepcopy(small_network)
-    with pytest.raises(TrainingError, match="no parameter name starts with key_encoder.nope"):
+    with pytest.raises(TrainingError, match=r"no parameter name starts with key_encoder\.nope"):
         freeze_parameters(other, ("key_encoder.conv1", "key_encoder.nope"))
     assert all(p.requires_grad for p in other.parameters()), "nothing is frozen when a prefix is unmatched"
     freeze_parameters(other, ())

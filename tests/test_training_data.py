@@ -148,7 +148,7 @@ def test_clip_augmentation_keeps_masks_on_their_pixels() -> None:
     masks = [square_mask(60, 80, 15, 10 + 4 * t, 25, 1) for t in range(4)]
     frames = [np.where(m[..., None] > 0, 230, 20).astype(np.uint8).repeat(3, axis=2) for m in masks]
     out_frames, out_masks = augment_clip(frames, masks, NO_COLOUR, rng)
-    for image, mask in zip(out_frames, out_masks):
+    for image, mask in zip(out_frames, out_masks, strict=True):
         assert image.shape == (48, 48, 3) and mask.shape == (48, 48)
         assert agreement(image, mask) > 0.97
     # the check has teeth: a mask shifted by a few pixels disagrees clearly
@@ -162,7 +162,7 @@ def test_static_deformation_keeps_masks_aligned_and_moves_the_object() -> None:
     image = np.where(mask[..., None] > 0, 230, 20).astype(np.uint8).repeat(3, axis=2)
     frames, masks = deform_still(image, mask, 3, StaticDeformation(), NO_COLOUR, rng)
     assert len(frames) == len(masks) == 3
-    for frame, frame_mask in zip(frames, masks):
+    for frame, frame_mask in zip(frames, masks, strict=True):
         assert agreement(frame, frame_mask) > 0.97
         assert set(np.unique(frame_mask).tolist()) <= {0, 1}
     assert not np.array_equal(masks[0], masks[1])
@@ -235,5 +235,5 @@ def test_crop_box_stays_inside_the_frame() -> None:
     rng = np.random.default_rng(6)
     for _ in range(100):
         top, left, height, width = crop_box(30, 90, (0.36, 1.0), (3 / 4, 4 / 3), rng)
-        assert 0 <= top and top + height <= 30 and 0 <= left and left + width <= 90
+        assert top >= 0 and top + height <= 30 and left >= 0 and left + width <= 90
         assert height > 0 and width > 0

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
+from conftest import SPAWN
 from streamer.messages import (
     Cancel,
     EndOfStream,
@@ -37,8 +38,6 @@ from streamer.transport import (
     release_job,
     send_control,
 )
-
-from conftest import SPAWN
 
 WAIT_S = 20.0
 """Upper bound for any blocking wait in these tests; only reached when something is broken."""
@@ -410,15 +409,19 @@ def test_malformed_messages_are_rejected_and_the_worker_keeps_serving(
 def test_refused_job_and_absent_worker_fail_clearly(ipc_dir: Path, start_process, context) -> None:
     queues = QueueSettings()
     endpoint = _endpoint(ipc_dir, "w0")
-    with FrameSender(context, endpoint, "job-x", live=False, queues=queues) as sender:
-        with pytest.raises(PeerTimeout, match="not reachable"):
-            sender.open(JobStart(job_id="job-x", live=False, source_size=(8, 8)), timeout_s=0.3)
+    with (
+        FrameSender(context, endpoint, "job-x", live=False, queues=queues) as sender,
+        pytest.raises(PeerTimeout, match="not reachable"),
+    ):
+        sender.open(JobStart(job_id="job-x", live=False, source_size=(8, 8)), timeout_s=0.3)
 
     reports = SPAWN.Queue()
     start_process(run_worker, endpoint, None, queues, 0.0, 0.0, reports)
-    with FrameSender(context, endpoint, "refuse-me", live=False, queues=queues) as sender:
-        with pytest.raises(JobRejected, match="worker is full"):
-            sender.open(JobStart(job_id="refuse-me", live=False, source_size=(8, 8)), timeout_s=WAIT_S)
+    with (
+        FrameSender(context, endpoint, "refuse-me", live=False, queues=queues) as sender,
+        pytest.raises(JobRejected, match="worker is full"),
+    ):
+        sender.open(JobStart(job_id="refuse-me", live=False, source_size=(8, 8)), timeout_s=WAIT_S)
     assert send_control(context, endpoint, Shutdown(reason="test"))
     assert _report(reports)["seen"] == {}
 

@@ -48,7 +48,7 @@ class RangeHandler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:  # http.server's naming
         served = self.served
         payload = served.payload
         header = self.headers.get("Range")
@@ -204,7 +204,7 @@ def test_install_rejects_a_file_that_is_not_a_checkpoint(server: tuple[Served, s
 def test_add_list_and_default_model(home: Path, checkpoint: Path, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(weights, "BUNDLED_MODEL", tmp_path / "missing" / "vosd-small.pth")
-    with pytest.raises(WeightsError, match="bundled model .* is missing"):
+    with pytest.raises(WeightsError, match=r"bundled model .* is missing"):
         default_model_path()
     bundled = tmp_path / "bundled.pth"
     bundled.write_bytes(b"stand-in")

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from videos import render_moving_shapes, write_first_mask, write_moving_shape_video
 
+from streamer.decoder import DecoderSettings, run_decoder
 from streamer.messages import (
     Cancel,
     EndOfStream,
@@ -34,7 +34,7 @@ from streamer.transport import (
     release_job,
     send_control,
 )
-from streamer.decoder import DecoderSettings, run_decoder
+from videos import render_moving_shapes, write_first_mask, write_moving_shape_video
 from workers.worker import WorkerSettings, run_worker
 from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
@@ -54,7 +54,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def clip() -> tuple[list[np.ndarray], list[np.ndarray]]:
-    images, masks = zip(*render_moving_shapes(FRAMES, SIZE, objects=2))
+    images, masks = zip(*render_moving_shapes(FRAMES, SIZE, objects=2), strict=True)
     return list(images), list(masks)
 
 
@@ -216,7 +216,8 @@ def test_two_interleaved_jobs_get_their_own_sessions_and_full_size_masks(
         assert all(m.mask.shape == (120, 160) and m.mask.dtype == np.uint8 for m in results)
         assert set(np.unique(results[0].mask)) == {0, 1, 2}
         expected = _reference(checkpoint, frames, masks[0], options)
-        for result, reference in zip(results, expected):  # interleaving must not leak memory between jobs
+        # interleaving must not leak memory between jobs
+        for result, reference in zip(results, expected, strict=True):
             np.testing.assert_array_equal(result.mask, reference)
 
 
@@ -251,7 +252,7 @@ def test_decoder_and_worker_give_exactly_the_masks_of_vosd_segment(
         segment_video(source, read_index_mask(first), session, writer)
     local = [read_index_mask(path) for path in sorted((tmp_path / "masks").glob("*.png"))]
     assert len(local) == 8 and len(np.unique(local[-1])) == 3
-    for index, (got, expected) in enumerate(zip(daemon, local)):
+    for index, (got, expected) in enumerate(zip(daemon, local, strict=True)):
         assert got.mask.shape == expected.shape == (120, 160)
         differ = np.mean(got.mask != expected)
         assert differ == 0, f"frame {index}: {differ:.2%} of the pixels differ from vosd segment"

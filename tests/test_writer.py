@@ -27,7 +27,7 @@ FRAMES = 30
 
 @pytest.fixture(scope="module")
 def scene() -> tuple[list[np.ndarray], list[np.ndarray]]:
-    frames, masks = zip(*render_moving_shapes(FRAMES, SIZE, objects=2))
+    frames, masks = zip(*render_moving_shapes(FRAMES, SIZE, objects=2), strict=True)
     return list(frames), list(masks)
 
 
@@ -59,14 +59,14 @@ def _check_masks(out: Path, masks: list[np.ndarray]) -> None:
             assert np.array_equal(np.asarray(image.getpalette()[:12]).reshape(4, 3), DAVIS_PALETTE[:4])
     decoded = _rle_masks(out / "masks.jsonl")
     assert [index for index, _ in decoded] == list(range(len(masks)))
-    assert all(np.array_equal(got, want) for (_, got), want in zip(decoded, masks))
+    assert all(np.array_equal(got, want) for (_, got), want in zip(decoded, masks, strict=True))
 
 
 def test_overlay_mp4_pngs_and_rle_round_trip(tmp_path: Path, scene) -> None:
     frames, masks = scene
     out = tmp_path / "job"
     with OutputWriter(out, fps=24, source_size=SIZE, alpha=0.5) as writer:
-        for i, (frame, mask) in enumerate(zip(frames, masks)):
+        for i, (frame, mask) in enumerate(zip(frames, masks, strict=True)):
             writer.write(i, frame, mask)
         assert writer.frames_written == FRAMES
     data = (out / "overlay.mp4").read_bytes()
@@ -89,7 +89,7 @@ def test_overlay_mp4_pngs_and_rle_round_trip(tmp_path: Path, scene) -> None:
 
 def test_working_size_masks_are_upscaled_and_odd_sizes_encode(tmp_path: Path) -> None:
     size = (161, 121)
-    frames, masks = zip(*render_moving_shapes(6, size, objects=2))
+    frames, masks = zip(*render_moving_shapes(6, size, objects=2), strict=True)
     small = [cv2.resize(m, (80, 60), interpolation=cv2.INTER_NEAREST) for m in masks]
     with OutputWriter(tmp_path, fps=12.5, source_size=size) as writer:
         for i in range(6):
@@ -119,14 +119,14 @@ def test_duplicates_and_out_of_order_frames_are_written_once_in_order(tmp_path: 
     assert report.duplicates == len(order) - FRAMES
     _check_masks(tmp_path, masks)
     _, images = _decode(tmp_path / "overlay.mp4")
-    expected = [overlay(f, m, 0.5).astype(np.int16) for f, m in zip(frames, masks)]
+    expected = [overlay(f, m, 0.5).astype(np.int16) for f, m in zip(frames, masks, strict=True)]
     for i, image in enumerate(images):  # each encoded frame is closest to its own index's overlay
         errors = [np.abs(image.astype(np.int16) - e).mean() for e in expected]
         assert int(np.argmin(errors)) == i
 
 
 def test_missing_frame_becomes_a_reported_gap_and_late_arrival_is_dropped(tmp_path: Path, scene) -> None:
-    frames, masks = scene
+    _, masks = scene
     writer = OutputWriter(masks_dir=tmp_path / "masks", rle_path=tmp_path / "masks.jsonl", fps=24,
                           source_size=SIZE, reorder_window=4)
     for i in [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11]:
@@ -155,10 +155,9 @@ def test_nothing_under_final_names_before_close_and_abort_removes_everything(tmp
     assert len(list((out / "masks.part").glob("*.png"))) == FRAMES  # masks are durable as soon as written
     writer.abort()
     assert {p.name for p in out.iterdir()} == {"keep.txt"}
-    with pytest.raises(RuntimeError):
-        with OutputWriter(out, fps=24, source_size=SIZE) as failing:
-            failing.write(0, frames[0], masks[0])
-            raise RuntimeError("job failed")
+    with pytest.raises(RuntimeError), OutputWriter(out, fps=24, source_size=SIZE) as failing:
+        failing.write(0, frames[0], masks[0])
+        raise RuntimeError("job failed")
     assert {p.name for p in out.iterdir()} == {"keep.txt"}
 
 

@@ -23,7 +23,7 @@ SMALL = 96
 """The square side the fast tests resize to (TMO itself: 384)."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def calibrated(variant: str) -> TMONetwork:
     options = TMOInitOptions(image_size=64) if variant == "rn101" else TMOInitOptions(image_size=SMALL)
     return make_random_network(variant, 0, options)  # type: ignore[arg-type]
@@ -66,6 +66,12 @@ def mit_features(state: dict[str, Tensor], x: Tensor) -> list[Tensor]:
     def w(name: str) -> Tensor:
         return state[f"encoder.{name}"]
 
+    def heads_of(z: Tensor, prefix: str, n_heads: int) -> Tensor:
+        """Project z with the linear layer under prefix and split it into (batch, heads, tokens, dim)."""
+        z = F.linear(z, w(prefix + "weight"), w(prefix + "bias"))
+        b, n, c = z.shape
+        return z.reshape(b, n, n_heads, c // n_heads).permute(0, 2, 1, 3)
+
     for i in range(4):
         x = F.conv2d(x, w(f"patch_embeddings.{i}.proj.weight"), w(f"patch_embeddings.{i}.proj.bias"),
                      stride=strides[i], padding=patches[i] // 2)
@@ -85,11 +91,8 @@ def mit_features(state: dict[str, Tensor], x: Tensor) -> list[Tensor]:
                 kv = F.layer_norm(g.flatten(2).transpose(1, 2), (c,), w(a + "layer_norm.weight"),
                                   w(a + "layer_norm.bias"))
 
-            def heads_of(z: Tensor, name: str) -> Tensor:
-                z = F.linear(z, w(p + f"attention.self.{name}.weight"), w(p + f"attention.self.{name}.bias"))
-                return z.reshape(b, z.shape[1], heads[i], c // heads[i]).permute(0, 2, 1, 3)
-
-            q, k, v = heads_of(y, "query"), heads_of(kv, "key"), heads_of(kv, "value")
+            q, k, v = (heads_of(z, p + f"attention.self.{name}.", heads[i])
+                       for z, name in ((y, "query"), (kv, "key"), (kv, "value")))
             att = F.scaled_dot_product_attention(q, k, v)
             att = att.permute(0, 2, 1, 3).reshape(b, -1, c)
             o = p + "attention.output.dense."
@@ -153,7 +156,7 @@ def reference_segment(state: dict[str, Tensor], image: Tensor, motion: Tensor, s
     size = tuple(image.shape[-2:])
     app = encode(state, "app_encoder.", bicubic(image, (square, square)))
     mo = encode(state, "mo_encoder.", bicubic(motion, (square, square)))
-    logits = decoder(sub(state, "decoder."), [a + m for a, m in zip(app, mo)])
+    logits = decoder(sub(state, "decoder."), [a + m for a, m in zip(app, mo, strict=True)])
     return bicubic(logits, size)
 
 

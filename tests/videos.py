@@ -18,10 +18,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import av
 import numpy as np
@@ -61,8 +61,8 @@ def shape_masks(index: int, frames: int, size: Size, objects: int = 1) -> np.nda
     mask[(xs - cx) ** 2 + (ys - cy) ** 2 <= radius**2] = 1
     if objects == 2:
         side = max(4, min(width, height) // 5)
-        x0 = int(round((width - side - 1) * (1 - t)))
-        y0 = int(round((height - side - 1) * t))
+        x0 = round((width - side - 1) * (1 - t))
+        y0 = round((height - side - 1) * t)
         mask[y0 : y0 + side, x0 : x0 + side] = 2
     return mask
 

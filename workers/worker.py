@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from streamer.lifeline import exit_with_parent
 from streamer.messages import (
     Cancel,
     CheckpointSaved,
@@ -56,7 +57,6 @@ from streamer.messages import (
     Message,
     Shutdown,
 )
-from streamer.lifeline import exit_with_parent
 from streamer.resume import checkpoint_path, pending_path, resumable
 from streamer.transport import EventReporter, FrameInbox, QueueSettings, ResultSender, TransportError
 

@@ -68,7 +68,7 @@ class FleetCollector(Collector):
             labels=["job", "quantile"],
         )
         total_frames = total_dropped = 0.0
-        for job_id, values in zip(ids, pipe.execute()):
+        for job_id, values in zip(ids, pipe.execute(), strict=True):
             state, done, drops, fps, created, p50, p95 = values
             if state is None:
                 continue

@@ -250,7 +250,7 @@ def _filtered(queue: JobQueue, state: JobState, count: int, offset: int) -> list
         pipe = queue.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hget(queue.keys.job(job_id), "state")
-        for job_id, value in zip(ids, pipe.execute()):
+        for job_id, value in zip(ids, pipe.execute(), strict=True):
             if value != state.value or len(matched) >= count:
                 continue
             if skipped < offset:

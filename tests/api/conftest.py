@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from videos import free_port, write_first_mask, write_moving_shape_video
 
 from streamer.redis_server import EmbeddedRedis
+from videos import free_port, write_first_mask, write_moving_shape_video
 from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -43,7 +43,8 @@ def resolve_model(model: str | None) -> Path:
 
 
 def eval_command(
-    dataset: Annotated[DatasetName, typer.Option(help="Layout: D16, D17 (DAVIS), Y18 (YouTube-VOS 2018 valid), "
+    dataset: Annotated[DatasetName, typer.Option(help="Layout: D16, D17 (DAVIS), "
+                                                 "Y18 (YouTube-VOS 2018 valid), "
                                                  "LV3 (Long-Time Video, never resized), generic; "
                                                  "with --method tmo: D16, FBMS, YTO, LV, generic.")],
     root: Annotated[Path, typer.Option(help="Dataset folder (DAVIS: the one holding JPEGImages/480p; "
@@ -86,7 +87,7 @@ def eval_command(
     from workers.xmem.checkpoint import CheckpointError, load_network
     from workers.xmem.config import InferenceConfig
 
-    options = {
+    options: dict[str, Any] = {
         "mem_every": mem_every, "top_k": top_k, "deep_update_every": deep_update_every,
         "max_mid_term_frames": max_mid_term_frames, "min_mid_term_frames": min_mid_term_frames,
         "num_prototypes": num_prototypes, "max_long_term_elements": max_long_term_elements,
@@ -127,7 +128,7 @@ def eval_tmo(dataset: DatasetName, root: Path, output: Path, model: str | None, 
     try:
         sequences = load_unsupervised(dataset, root)
         network = load_network(model, device=torch_device)
-        config = FlowConfig(flow.value, raft_weights=raft_weights)  # type: ignore[arg-type]
+        config = FlowConfig(flow.value, raft_weights=raft_weights)
         make_flow(config, torch_device)
     except (DatasetLayoutError, CheckpointError, FlowError) as error:
         fail(str(error))
@@ -141,9 +142,12 @@ def eval_tmo(dataset: DatasetName, root: Path, output: Path, model: str | None, 
 def score_command(
     gt: Annotated[Path, typer.Option(help="Ground truth: a folder of sequence folders of PNGs "
                                           "(or a DAVIS root with Annotations/480p).")],
-    pred: Annotated[Path, typer.Option(help="Predictions in the same layout (e.g. the output of vosd eval).")],
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON with full-precision values instead.")]
-    = False,
+    pred: Annotated[
+        Path, typer.Option(help="Predictions in the same layout (e.g. the output of vosd eval).")
+    ],
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print JSON with full-precision values instead.")
+    ] = False,
     unsupervised: Annotated[bool, typer.Option(
         help="Binary masks over every annotated frame (TMO): --gt is the dataset root read as --dataset.")]
     = False,
@@ -207,7 +211,8 @@ def score_unsupervised_command(gt: Path, pred: Path, dataset: DatasetName, json_
     for s in scores.sequences:
         boundary = "" if s.f is None else f" F {100 * s.f:.1f}"
         typer.echo(f"{s.name}: J {100 * s.j:.1f}{boundary} ({s.frames} frames)")
-    if scores.f is None:
+    jf = scores.jf
+    if scores.f is None or jf is None:  # both or neither
         typer.echo(f"mean IoU (J) {100 * scores.j:.1f}")
     else:
-        typer.echo(f"J&F {100 * scores.jf:.1f} J {100 * scores.j:.1f} F {100 * scores.f:.1f}")
+        typer.echo(f"J&F {100 * jf:.1f} J {100 * scores.j:.1f} F {100 * scores.f:.1f}")

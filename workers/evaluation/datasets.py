@@ -6,11 +6,13 @@ time by the runner, so a video is never held in memory.
 * D16 / D17 (DAVIS 2016 / 2017): ``JPEGImages/480p/<seq>``, ``Annotations/480p/<seq>``; the sequences of
   ``ImageSets/2016/val.txt`` or ``ImageSets/2017/val.txt`` when that file exists, else every sequence. With a
   size other than 480 the ``Full-Resolution`` (or ``1080p``) folders are read and, for a positive size, the
-  output is resized to the 480p frame shape. Only the first annotation is used; D16's 0/255 masks are object 1.
+  output is resized to the 480p frame shape. Only the first annotation is used; D16's 0/255 masks are
+  object 1.
 * Y18 (YouTube-VOS 2018 validation): ``valid/JPEGImages``, ``valid/Annotations``, ``valid/meta.json``; frames
   from ``all_frames/valid_all_frames/JPEGImages`` when present. Every annotation is used (objects enter late);
   outputs are written only for the frames that meta.json lists (else the frames of ``valid/JPEGImages``).
-* LV3 (Long-Time Video): ``JPEGImages/<seq>``, ``Annotations/<seq>`` (or under ``long_video_set``); never resized.
+* LV3 (Long-Time Video): ``JPEGImages/<seq>``, ``Annotations/<seq>`` (or under ``long_video_set``); never
+  resized.
 * generic: ``JPEGImages/<seq>``, ``Annotations/<seq>`` with a first-frame mask; every frame is written.
 """
 
@@ -104,7 +106,7 @@ def frame_files(folder: Path) -> tuple[Path, ...]:
     return tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file()))
 
 
-def annotations(frames: tuple[Path, ...], mask_dir: Path, *, all_masks: bool) -> dict[int, Path]:
+def find_annotations(frames: tuple[Path, ...], mask_dir: Path, *, all_masks: bool) -> dict[int, Path]:
     """Frame index -> annotation `<mask_dir>/<frame stem>.png`: every one, or only the first."""
     masks = {}
     for index, frame in enumerate(frames):
@@ -127,9 +129,10 @@ def make_sequence(name: str, frame_dir: Path, mask_dir: Path, *, all_masks: bool
         raise DatasetLayoutError(f"no frames in {frame_dir}")
     if not mask_dir.is_dir():
         raise DatasetLayoutError(f"annotation folder of sequence {name} not found: {mask_dir}")
-    masks = annotations(frames, mask_dir, all_masks=all_masks)
+    masks = find_annotations(frames, mask_dir, all_masks=all_masks)
     if not masks:
-        raise DatasetLayoutError(f"sequence {name} has no annotation named after one of its frames in {mask_dir}")
+        raise DatasetLayoutError(
+            f"sequence {name} has no annotation named after one of its frames in {mask_dir}")
     return EvalSequence(name, frames, masks, save, output_size)
 
 
@@ -142,7 +145,8 @@ def load_davis(name: DatasetName, root: Path, size: int) -> EvalDataset:
     low_res = root / "JPEGImages" / "480p"
     resolution = "480p"
     if size != 480:
-        resolution = next((r for r in ("Full-Resolution", "1080p") if (root / "JPEGImages" / r).is_dir()), "480p")
+        resolution = next(
+            (r for r in ("Full-Resolution", "1080p") if (root / "JPEGImages" / r).is_dir()), "480p")
     image_root, mask_root = root / "JPEGImages" / resolution, root / "Annotations" / resolution
     if not image_root.is_dir():
         raise DatasetLayoutError(f"{root} is not a DAVIS folder: {image_root} is missing")
@@ -177,14 +181,16 @@ def load_youtube(root: Path, size: int) -> EvalDataset:
     """YouTube-VOS validation: all frames when available, every annotation, outputs for the listed frames."""
     split = root / "valid"
     if not (split / "JPEGImages").is_dir() or not (split / "Annotations").is_dir():
-        raise DatasetLayoutError(f"{root} is not a YouTube-VOS folder: valid/JPEGImages and valid/Annotations needed")
+        raise DatasetLayoutError(
+            f"{root} is not a YouTube-VOS folder: valid/JPEGImages and valid/Annotations needed")
     all_frames = root / "all_frames" / "valid_all_frames" / "JPEGImages"
     image_root = all_frames if all_frames.is_dir() else split / "JPEGImages"
     listed = listed_frames(split / "meta.json")
     sequences = []
     for seq in subfolders(split / "JPEGImages"):
         save = (listed or {}).get(seq) or frozenset(p.stem for p in frame_files(split / "JPEGImages" / seq))
-        sequences.append(make_sequence(seq, image_root / seq, split / "Annotations" / seq, all_masks=True, save=save))
+        sequences.append(
+            make_sequence(seq, image_root / seq, split / "Annotations" / seq, all_masks=True, save=save))
     if not sequences:
         raise DatasetLayoutError(f"no sequences in {split / 'JPEGImages'}")
     return EvalDataset(DatasetName.Y18, tuple(sequences), size, youtube_layout=True)

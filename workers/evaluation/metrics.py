@@ -88,7 +88,8 @@ def frame_scores(pred: np.ndarray, gt: np.ndarray, labels: Iterable[int],
     scores = {}
     for label in labels:
         pred_object, gt_object = pred == label, gt == label
-        scores[label] = (region_similarity(pred_object, gt_object), boundary_f_measure(pred_object, gt_object, kernel))
+        scores[label] = (region_similarity(pred_object, gt_object),
+                         boundary_f_measure(pred_object, gt_object, kernel))
     return scores
 
 
@@ -187,7 +188,8 @@ class FolderScores:
 
 
 def sequence_root(root: Path) -> Path:
-    """The folder holding one folder per sequence: `root` itself, or its DAVIS / YouTube-VOS annotation folder."""
+    """The folder holding one folder per sequence: `root` itself, or its DAVIS / YouTube-VOS annotation
+    folder."""
     for candidate in (root / "Annotations" / "480p", root / "Annotations"):
         if candidate.is_dir():
             return candidate

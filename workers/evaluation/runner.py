@@ -128,8 +128,8 @@ def run_dataset(network: XMemNetwork, dataset: EvalDataset, output_root: str | P
         task = progress.add_task(dataset.name.value, total=total)
         for sequence in dataset.sequences:
             progress.update(task, description=f"{dataset.name.value} {sequence.name}")
-            reports.append(run_sequence(network, dataset, sequence, output_root, config, amp=amp, device=device,
-                                        on_frame=lambda: progress.advance(task)))
+            reports.append(run_sequence(network, dataset, sequence, output_root, config, amp=amp,
+                                        device=device, on_frame=lambda: progress.advance(task)))
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if on_gpu else None
     report = EvalReport(reports, peak)
     (output_root / REPORT_FILE).write_text(json.dumps(report.to_json(), indent=2))

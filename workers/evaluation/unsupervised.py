@@ -133,7 +133,7 @@ def read_binary(path: Path) -> np.ndarray:
     """Any non-zero value (in any channel) is foreground."""
     with Image.open(path) as image:
         values = np.asarray(image)
-    return values.reshape(*values.shape[:2], -1).any(axis=-1)
+    return np.asarray(values.reshape(*values.shape[:2], -1).any(axis=-1))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,9 @@ MIT_DIMS = (64, 128, 320, 512)
 class NormalisingEncoder(nn.Module):
     """Holds the ImageNet statistics as persistent buffers, as the official encoders do."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))

@@ -90,7 +90,7 @@ class DISFlow:
     def __init__(self, preset: str = "medium", short_side: int = 480) -> None:
         if preset not in DIS_PRESETS:
             raise FlowError(f"unknown DIS preset {preset!r}; expected one of {list(DIS_PRESETS)}")
-        self.dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+        self.dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])  # type: ignore[attr-defined]  # not in cv2's stubs
         self.short_side = short_side
 
     def __call__(self, previous: np.ndarray, current: np.ndarray) -> np.ndarray:

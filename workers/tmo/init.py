@@ -82,6 +82,7 @@ def calibrate_predictor(network: TMONetwork, images: list[Tensor], logit_std: fl
     values = logits.movedim(1, -1).reshape(-1, logits.shape[1])
     scale = logit_std / values.std().clamp_min(1e-12).item()
     predictor = network.decoder.predictor.conv
+    assert predictor.bias is not None
     predictor.weight.mul_(scale)
     predictor.bias.mul_(scale).sub_(values.mean(dim=0) * scale)
 

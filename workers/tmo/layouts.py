@@ -19,7 +19,7 @@ from torch import Tensor
 
 Prefix = Literal["current", "wacv"]
 Naming = Literal["hf4", "hf5"]
-ENCODER_NAMES: dict[str, tuple[str, str]] = {"current": ("app_encoder", "mo_encoder"),
+ENCODER_NAMES: dict[Prefix, tuple[str, str]] = {"current": ("app_encoder", "mo_encoder"),
                                              "wacv": ("img_encoder", "flow_encoder")}
 BACKBONE = "backbone.encoder."
 HF5_BLOCK_PARTS = (

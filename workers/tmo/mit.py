@@ -11,6 +11,7 @@ reshaped to (B, C, H/s, W/s) for s = 4, 8, 16, 32, are what TMO uses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -141,19 +142,20 @@ class MiTEncoder(nn.Module):
         in_dims = (3, *spec.hidden_sizes[:-1])
         self.patch_embeddings = nn.ModuleList(
             PatchEmbedding(in_dim, dim, patch, stride)
-            for in_dim, dim, patch, stride in zip(in_dims, spec.hidden_sizes, spec.patch_sizes, spec.strides))
+            for in_dim, dim, patch, stride
+            in zip(in_dims, spec.hidden_sizes, spec.patch_sizes, spec.strides, strict=True))
         self.block = nn.ModuleList(
             nn.ModuleList(TransformerBlock(dim, heads, ratio, spec.mlp_ratio) for _ in range(depth))
             for dim, heads, ratio, depth
-            in zip(spec.hidden_sizes, spec.heads, spec.reduction_ratios, spec.depths))
+            in zip(spec.hidden_sizes, spec.heads, spec.reduction_ratios, spec.depths, strict=True))
         self.layer_norm = nn.ModuleList(nn.LayerNorm(dim) for dim in spec.hidden_sizes)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """(B, 3, H, W) normalised -> four maps (B, C_i, H/s_i, W/s_i), stride 4 first."""
         outputs = []
-        for embed, blocks, norm in zip(self.patch_embeddings, self.block, self.layer_norm):
+        for embed, blocks, norm in zip(self.patch_embeddings, self.block, self.layer_norm, strict=True):
             tokens, height, width = embed(x)
-            for block in blocks:
+            for block in cast(nn.ModuleList, blocks):
                 tokens = block(tokens, height, width)
             x = norm(tokens).transpose(1, 2).unflatten(-1, (height, width))
             outputs.append(x)

@@ -78,7 +78,7 @@ class TMONetwork(nn.Module):
 
     def decode(self, appearance: list[Tensor], motion: list[Tensor]) -> Tensor:
         """Features added per stride -> logits (B, 2, S, S) at the encoders' input size S."""
-        return self.decoder([a + m for a, m in zip(appearance, motion)])
+        return self.decoder([a + m for a, m in zip(appearance, motion, strict=True)])
 
     def segment(self, image: Tensor, motion: Tensor, *, aos: bool = False) -> Tensor:
         """Logits (B, 2, H, W), background first, for image and motion (B, 3, ·, ·) float RGB in [0, 1].
@@ -96,14 +96,14 @@ class TMONetwork(nn.Module):
             return self.select_output(image, motion).logits
         square = (self.input_size, self.input_size)
         logits = self.decode(self.app_encoder(resize(image, square)), self.mo_encoder(resize(motion, square)))
-        return resize(logits, tuple(image.shape[-2:]))
+        return resize(logits, (image.shape[-2], image.shape[-1]))
 
     def select_output(self, image: Tensor, flow: Tensor) -> AOSResult:
         """Adaptive output selection for one frame: 3 encoder passes, 2 decodes; ties keep the flow path."""
         check_inputs(image, flow)
         if image.shape[0] != 1:
             raise ValueError(f"adaptive output selection takes one frame (B = 1); got B = {image.shape[0]}")
-        square, size = (self.input_size, self.input_size), tuple(image.shape[-2:])
+        square, size = (self.input_size, self.input_size), (image.shape[-2], image.shape[-1])
         small = resize(image, square)
         appearance = self.app_encoder(small)
         rgb = resize(self.decode(appearance, self.mo_encoder(small)), size)

@@ -16,7 +16,7 @@ import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-FILL_COLOUR = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)
+FILL_COLOUR = tuple(round(255 * m) for m in IMAGENET_MEAN)
 """Border colour of warped images: the normalisation mean, so borders become zeros after normalising."""
 
 
@@ -113,14 +113,14 @@ def crop_box(
     for _ in range(10):
         target = area * rng.uniform(*scale)
         aspect = math.exp(rng.uniform(*log_ratio))
-        crop_w = int(round(math.sqrt(target * aspect)))
-        crop_h = int(round(math.sqrt(target / aspect)))
+        crop_w = round(math.sqrt(target * aspect))
+        crop_h = round(math.sqrt(target / aspect))
         if 0 < crop_w <= width and 0 < crop_h <= height:
             top = int(rng.integers(0, height - crop_h + 1))
             return top, int(rng.integers(0, width - crop_w + 1)), crop_h, crop_w
     aspect = min(max(width / height, ratio[0]), ratio[1])
-    crop_w = min(width, int(round(height * aspect)))
-    crop_h = min(height, int(round(crop_w / aspect)))
+    crop_w = min(width, round(height * aspect))
+    crop_h = min(height, round(crop_w / aspect))
     return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
 
@@ -210,7 +210,7 @@ def apply_jitter(image: np.ndarray, factors: tuple[float, float, float, float]) 
     result = np.clip((result - grey) * saturation + grey, 0, 255).astype(np.uint8)
     if hue:
         hsv = cv2.cvtColor(result, cv2.COLOR_RGB2HSV_FULL)
-        hsv[..., 0] = (hsv[..., 0].astype(np.int32) + int(round(hue * 256))) % 256
+        hsv[..., 0] = (hsv[..., 0].astype(np.int32) + round(hue * 256)) % 256
         result = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
     return result
 
@@ -235,7 +235,7 @@ def augment_clip(
     clip_factors = draw_jitter(params.clip_jitter, rng)
     grey = rng.random() < params.grayscale_prob
     out_frames, out_masks = [], []
-    for image, mask in zip(frames, masks):
+    for image, mask in zip(frames, masks, strict=True):
         image, mask = crop_resize(image, mask, box, params.crop_size)
         if flip:
             image, mask = image[:, ::-1], mask[:, ::-1]

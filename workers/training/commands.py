@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -42,26 +42,26 @@ def train_command(
     variant: Annotated[str, typer.Option(
         help="official (ResNet-50, released layout), small (ResNet-18) or lite (ImageNet EfficientNet-Lite0 "
              "key encoder; trains best on a CPU).")] = "official",
-    load_network: Annotated[Optional[Path], typer.Option(help="Start from this plain state dict.")] = None,
+    load_network: Annotated[Path | None, typer.Option(help="Start from this plain state dict.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run saved in OUTPUT_DIR/EXP_ID.")] = False,
-    davis_root: Annotated[Optional[Path], typer.Option(
+    davis_root: Annotated[Path | None, typer.Option(
         help="DAVIS folder (JPEGImages/480p, Annotations/480p).")] = None,
-    davis_include: Annotated[Optional[list[str]], typer.Option(
+    davis_include: Annotated[list[str] | None, typer.Option(
         help="DAVIS sequences to train on (names, comma lists or a file); "
              "default: ImageSets/2017/train.txt.")]
     = None,
-    yv_root: Annotated[Optional[Path], typer.Option(help="YouTube-VOS training folder.")] = None,
-    static_root: Annotated[Optional[Path], typer.Option(
+    yv_root: Annotated[Path | None, typer.Option(help="YouTube-VOS training folder.")] = None,
+    static_root: Annotated[Path | None, typer.Option(
         help="Images with same-name PNG masks for stage 0; without it, synthetic stills.")] = None,
-    held_out: Annotated[Optional[list[str]], typer.Option(
+    held_out: Annotated[list[str] | None, typer.Option(
         help="Sequences never trained on (names, comma lists or a file); repeatable.")] = None,
-    iterations: Annotated[Optional[int], typer.Option(
+    iterations: Annotated[int | None, typer.Option(
         help="Scale every stage to this many iterations (its schedule scales along).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Clips per step over all processes.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Initial learning rate (XMem: 1e-5).")] = None,
-    max_objects: Annotated[Optional[int], typer.Option(
+    batch_size: Annotated[int | None, typer.Option(help="Clips per step over all processes.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Initial learning rate (XMem: 1e-5).")] = None,
+    max_objects: Annotated[int | None, typer.Option(
         help="Objects per clip in every stage (1 for single-object data such as DAVIS-2016).")] = None,
-    freeze: Annotated[Optional[list[str]], typer.Option(
+    freeze: Annotated[list[str] | None, typer.Option(
         help="Parameter-name prefixes to keep fixed, e.g. key_encoder.stem (comma lists; repeatable).")]
     = None,
     crop_size: Annotated[int, typer.Option(help="Square training crop (XMem: 384).")] = 384,
@@ -75,7 +75,7 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Base random seed.")] = 14159265,
     nproc_per_node: Annotated[int, typer.Option(
         help="Processes (GPUs) to launch with torch.distributed.run.")] = 1,
-    config_file: Annotated[Optional[Path], typer.Option(
+    config_file: Annotated[Path | None, typer.Option(
         hidden=True, help="A saved TrainConfig (JSON).")] = None,
 ) -> None:
     """Train XMem in stages (XMem's recipe); checkpoints load with workers.xmem.checkpoint.load_network."""
@@ -124,7 +124,7 @@ def launch_distributed(config: TrainConfig, processes: int) -> int:
 
 def plot_command(
     experiment: Annotated[Path, typer.Argument(help="Experiment folder (with losses.csv) or a loss CSV.")],
-    output: Annotated[Optional[Path], typer.Option(help="PNG to write (default: losses.png beside the CSV).")]
+    output: Annotated[Path | None, typer.Option(help="PNG to write (default: losses.png beside the CSV).")]
     = None,
 ) -> None:
     """Plot a training run's loss curves to a PNG."""
@@ -160,9 +160,9 @@ def weights_list_command() -> None:
 @weights_app.command("install")
 def weights_install_command(
     name: Annotated[str, typer.Argument(help="XMem or XMem-s012.")],
-    sha256: Annotated[Optional[str], typer.Option(
+    sha256: Annotated[str | None, typer.Option(
         help="Expected SHA-256 (otherwise the first download pins it).")] = None,
-    url: Annotated[Optional[str], typer.Option(help="Download from this address instead (a mirror).")] = None,
+    url: Annotated[str | None, typer.Option(help="Download from this address instead (a mirror).")] = None,
     force: Annotated[bool, typer.Option(help="Download even if a matching file is installed.")] = False,
     set_default: Annotated[bool, typer.Option(help="Make it the default model.")] = False,
 ) -> None:

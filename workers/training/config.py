@@ -84,7 +84,7 @@ class StageConfig:
         ratio = iterations / self.iterations
 
         def scale(value: int) -> int:
-            return int(round(value * ratio))
+            return round(value * ratio)
 
         return dataclasses.replace(
             self,

@@ -343,7 +343,7 @@ class SyntheticVideoDataset(Dataset):
         self.num_frames = num_frames
         self.max_objects = max_objects
         self.augmentation = augmentation
-        side = int(round(augmentation.crop_size * render_scale))
+        side = round(augmentation.crop_size * render_scale)
         self.config = SyntheticConfig(height=side, width=side, max_objects=max(max_objects, 1) + 1)
         self.max_skip = max_skip
         self._random = RandomSource()

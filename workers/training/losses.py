@@ -78,7 +78,7 @@ def clip_loss(
         raise ValueError(f"expected {labels.shape[1] - 1} predicted frames, got {len(logits)} / {len(probs)}")
     ce = logits[0].new_zeros((), dtype=torch.float32)
     dice = ce.clone()
-    for index, (frame_logits, frame_prob) in enumerate(zip(logits, probs), start=1):
+    for index, (frame_logits, frame_prob) in enumerate(zip(logits, probs, strict=True), start=1):
         frame_ce, frame_dice = frame_loss(frame_logits, frame_prob, labels[:, index], num_objects, fraction)
         ce = ce + frame_ce
         dice = dice + frame_dice

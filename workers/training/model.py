@@ -13,6 +13,7 @@ This lives here, not in workers/xmem/, so the inference network carries no train
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -130,7 +131,7 @@ class TrainingXMem(XMemNetwork):
         batch, num_frames = images.shape[:2]
         selector = object_selector(num_objects, first_masks.shape[1]).to(images.dtype)
         key, shrinkage, selection, f16, f8, f4 = (
-            t.unflatten(0, (batch, num_frames))
+            cast(torch.Tensor, t).unflatten(0, (batch, num_frames))  # all computed (need_* = True)
             for t in self.encode_key(images.flatten(0, 1), need_shrinkage=True, need_selection=True))
         hidden = key.new_zeros(batch, first_masks.shape[1], self.spec.hidden_dim, *key.shape[-2:])
         masks = first_masks * selector[:, :, None, None]

@@ -80,7 +80,7 @@ def convert_lite0(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise PretrainedWeightsError(
             f"expected {len(template)} EfficientNet-Lite0 tensors up to stride 16, found {len(entries)}")
     converted = {}
-    for (ours, expected), (theirs, tensor) in zip(template.items(), entries):
+    for (ours, expected), (theirs, tensor) in zip(template.items(), entries, strict=True):
         if tensor.shape != expected.shape:
             raise PretrainedWeightsError(f"{theirs} {tuple(tensor.shape)} does not fit {ours} "
                                          f"{tuple(expected.shape)}")

@@ -90,7 +90,7 @@ def smooth_noise(
 
 def random_colour(rng: np.random.Generator) -> np.ndarray:
     """A fairly saturated RGB colour, float32 in [0, 255] (near-grey objects vanish into backgrounds)."""
-    hsv = np.uint8([[[rng.integers(0, 180), rng.integers(90, 256), rng.integers(70, 256)]]])
+    hsv = np.array([[[rng.integers(0, 180), rng.integers(90, 256), rng.integers(70, 256)]]], dtype=np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
@@ -184,7 +184,7 @@ def render_background(rng: np.random.Generator, config: SyntheticConfig, num_fra
     """(T, H, W, 3) background: a large texture seen through a window that pans like a moving camera."""
     side = min(config.height, config.width)
     travel = config.camera_speed * side * max(num_frames - 1, 1)
-    margin = int(math.ceil(travel)) + 1
+    margin = math.ceil(travel) + 1
     texture = render_texture(rng, config.height + 2 * margin, config.width + 2 * margin)
     shade = smooth_noise(rng, texture.shape[0], texture.shape[1], cells=2) * 0.5 + 0.75
     texture = np.clip(texture.astype(np.float32) * shade, 0, 255).astype(np.uint8)

@@ -223,7 +223,7 @@ def warn_unmatched_held_out(config: TrainConfig) -> None:
 def build_dataset(config: TrainConfig, stage: StageConfig, max_skip: int, finetune: bool) -> Dataset:
     """The stage's clip dataset for the current max skip and fine-tuning phase."""
     augmentation = ClipAugmentation(crop_size=config.crop_size)
-    render_side = int(round(config.crop_size * 1.25))
+    render_side = round(config.crop_size * 1.25)
     source: DataSource | None = stage.source
     if source == "video":
         dataset = video_dataset(config, stage, video_augmentation(config.crop_size), max_skip, finetune)

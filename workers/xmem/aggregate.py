@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 PROBABILITY_EPS = 1e-7
-"""Probabilities are clamped to [eps, 1 - eps] before taking log-odds, as in XMem (so outputs are never 0 or 1)."""
+"""Probabilities are clamped to [eps, 1 - eps] before taking log-odds, as in XMem (so outputs are never 0
+or 1)."""
 
 
 def aggregated_log_odds(prob: torch.Tensor, dim: int) -> torch.Tensor:

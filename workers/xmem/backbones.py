@@ -38,7 +38,7 @@ def make_stages(depth: int) -> list[nn.Sequential]:
     block = BLOCKS[depth]
     stages = []
     in_dim = STEM_WIDTH
-    for index, (width, count) in enumerate(zip(STAGE_WIDTHS, STAGE_DEPTHS[depth])):
+    for index, (width, count) in enumerate(zip(STAGE_WIDTHS, STAGE_DEPTHS[depth], strict=True)):
         stride = 1 if index == 0 else 2
         out_dim = width * block.expansion
         downsample = None

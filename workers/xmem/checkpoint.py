@@ -14,10 +14,11 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 
-from workers.xmem.network import NetworkSpec, XMemNetwork, empty_network
+from workers.xmem.network import NetworkSpec, Variant, XMemNetwork, empty_network
 
 WRAPPER_KEYS = ("state_dict", "model", "network")
 MAX_LISTED = 10
@@ -79,7 +80,7 @@ def as_state_dict(loaded: object, source: str) -> dict[str, torch.Tensor]:
                 f"{source} is a dict but not a state dict: not all values are tensors and none of "
                 f"{list(WRAPPER_KEYS)} holds one; its keys include {keys}")
         loaded = inner
-    return dict(loaded)
+    return dict(cast("Mapping[str, torch.Tensor]", loaded))  # is_tensor_mapping checked it
 
 
 def is_tensor_mapping(value: object) -> bool:
@@ -108,6 +109,7 @@ def spec_from_state_dict(state: Mapping[str, torch.Tensor]) -> NetworkSpec:
         raise CheckpointError(
             f"not an XMem state dict: {len(missing)} key(s) needed to infer the network are missing: "
             f"{', '.join(missing)}{hint}")
+    assert variant is not None  # else it is listed as missing above
     preset = NetworkSpec.preset(variant)
     transform = state.get("decoder.hidden_update.transform.weight")
     update = state.get("decoder.hidden_update.g16_conv.weight")
@@ -126,7 +128,7 @@ def spec_from_state_dict(state: Mapping[str, torch.Tensor]) -> NetworkSpec:
         raise CheckpointError(f"not an XMem state dict: inconsistent sizes ({error})") from error
 
 
-def key_encoder_variant(state: Mapping[str, torch.Tensor]) -> str | None:
+def key_encoder_variant(state: Mapping[str, torch.Tensor]) -> Variant | None:
     """"official" (ResNet-50 bottlenecks), "small" (ResNet-18 basic blocks), "lite" (EfficientNet-Lite0)."""
     if LITE_STEM in state:
         return "lite"

@@ -103,7 +103,9 @@ class InferenceCore:
         if mask is not None:
             prob = self.merge_mask(pad(mask, padding), prob, valid_labels)
             self.memory.create_hidden_state(len(self.all_labels), key)
+        assert prob is not None, "a frame without a mask is segmented from memory"
         if is_mem_frame:
+            assert shrinkage is not None, "encode_key computes it on memory frames"
             value, hidden = self.network.encode_value(
                 padded, f16, self.memory.hidden, prob[None, 1:], deep_update=is_deep_update)
             self.memory.add_memory(

@@ -135,6 +135,7 @@ def rescale(layer: nn.Conv2d, outputs: list[torch.Tensor], target_std: float, *,
     """Scale a layer's weight and bias so its recorded outputs get std `target_std` (mean 0 if `centre`)."""
     values = torch.cat(outputs)
     scale = target_std / values.std().clamp_min(1e-12).item()
+    assert layer.bias is not None, "every calibrated head has a bias"
     layer.weight.mul_(scale)
     layer.bias.mul_(scale)
     if centre:
@@ -147,8 +148,8 @@ def run_steps(network: XMemNetwork, batch: CalibrationBatch) -> None:
     key, _, _, f16, f8, f4 = network.encode_key(batch.images, need_shrinkage=True, need_selection=True)
     masks = batch.masks
     hidden = torch.zeros(masks.shape[0], masks.shape[1], spec.hidden_dim, *key.shape[-2:])
-    value, hidden = network.encode_value(batch.images, f16, hidden, masks, deep_update=True)
-    network.segment(f16, f8, f4, hidden, value, update_hidden=True)
+    value, new_hidden = network.encode_value(batch.images, f16, hidden, masks, deep_update=True)
+    network.segment(f16, f8, f4, new_hidden, value, update_hidden=True)
 
 
 def calibrate_heads(network: XMemNetwork, batches: list[CalibrationBatch], options: InitOptions) -> None:
@@ -160,8 +161,10 @@ def calibrate_heads(network: XMemNetwork, batches: list[CalibrationBatch], optio
         [(network.decoder.pred, options.logit_std, True)],
     ]
     if network.spec.hidden_dim:
-        stages[0].append((network.value_encoder.hidden_reinforce.transform, options.gate_std, True))
-        stages.append([(network.decoder.hidden_update.transform, options.gate_std, True)])
+        reinforce, update = network.value_encoder.hidden_reinforce, network.decoder.hidden_update
+        assert reinforce is not None and update is not None, "a network with a hidden state has both"
+        stages[0].append((reinforce.transform, options.gate_std, True))
+        stages.append([(update.transform, options.gate_std, True)])
     for stage in stages:
         with recording([layer for layer, _, _ in stage]) as outputs:
             for batch in batches:

@@ -70,6 +70,7 @@ class KeyValueStore:
         """Keep the elements where `mask` (M,) bool is set, in order, in keys, counters and every group."""
         if self.key is None:
             return
+        assert self.shrinkage is not None, "keys and shrinkage are stored together"
         size = self.size
         self.key = self.key[:, mask]
         self.shrinkage = self.shrinkage[:, mask]
@@ -105,7 +106,7 @@ class KeyValueStore:
         names = ("key", "shrinkage", "selection", "use_count", "life_count")
         self.key, self.shrinkage, self.selection, self.use_count, self.life_count = (
             restore(state[name], device) for name in names)
-        self.values = [restore(values, device) for values in state["values"]]
+        self.values = [values.to(device) for values in state["values"]]
 
     def record_usage(self, read: Tensor) -> None:
         """Add one query frame's read weights (M,) to the use counts and one frame to every life count."""

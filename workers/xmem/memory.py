@@ -54,7 +54,9 @@ class MemoryManager:
         q_selection = None if query_selection is None else query_selection[0].flatten(1)
         working, long_term = self.working, self.long_term
         lt_size, total = long_term.size, long_term.size + working.size
+        assert working.key is not None and working.shrinkage is not None, "the first frame's memory is here"
         if lt_size:
+            assert long_term.key is not None and long_term.shrinkage is not None
             key = torch.cat([long_term.key, working.key], dim=-1)
             shrinkage = torch.cat([long_term.shrinkage, working.shrinkage], dim=-1)
         else:
@@ -99,10 +101,10 @@ class MemoryManager:
             raise ValueError(f"{value.shape[1]} object values for {len(objects)} objects")
         flat_value = value[0].flatten(2)
         blocks = [flat_value[[objects.index(label) for label in group]] for group in self.register(objects)]
-        keep_selection = selection is not None and self.config.enable_long_term
+        kept_selection = selection if self.config.enable_long_term else None
         self.working.append(
-            key[0].flatten(1), shrinkage[0].flatten(1), selection[0].flatten(1) if keep_selection else None,
-            blocks)
+            key[0].flatten(1), shrinkage[0].flatten(1),
+            None if kept_selection is None else kept_selection[0].flatten(1), blocks)
         self.bound_working_memory()
 
     def register(self, objects: list[int]) -> list[list[int]]:
@@ -138,6 +140,7 @@ class MemoryManager:
             lt_usage = self.long_term.usage()
             keep = lt_usage > torch.kthvalue(lt_usage, surplus).values
         else:
+            assert self.long_term.key is not None  # size > 0
             keep = torch.arange(size, device=self.long_term.key.device) >= surplus
         self.long_term.keep(keep)
 
@@ -145,6 +148,7 @@ class MemoryManager:
         """Consolidate the WM candidates (all but the first frame and the newest min_mid_term_frames - 1
         frames) into prototypes appended to LT, then drop the candidates from WM."""
         working, frame = self.working, self.frame_elements or 0
+        assert working.key is not None and working.shrinkage is not None, "compress runs on a full memory"
         size = working.size
         start, end = frame, size - self.config.min_mid_term_frames * frame + frame
         count = end - start

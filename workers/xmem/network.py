@@ -142,6 +142,7 @@ class Decoder(nn.Module):
         """Returns (new hidden (B,N,Ch,h,w) or None, object logits (B,N,H,W))."""
         batch = readout.shape[0]
         if self.hidden_update is not None:
+            assert hidden is not None, "a network with a hidden state needs it here"
             readout = torch.cat([readout, hidden], dim=2)
         g16 = self.fuser(f16, readout)
         g8 = self.up_16_8(f8, g16)

@@ -8,7 +8,8 @@ It reproduces the data pipeline of XMem's eval.py (spec 2.1) so that `vosd eval`
 * mask: the caller's labels are mapped to 1..K in order of first appearance (ascending within a frame, so
   labels already 1..K map to themselves), turned into one channel per label seen so far and resized with
   nearest neighbour to the resized frame's size (eval.py's int(h / min(h, w) * size) formula gives the
-  same size, up to float rounding where eval.py would fail); new labels go to the core through `set_all_labels` and `valid_labels`;
+  same size, up to float rounding where eval.py would fail); new labels go to the core through
+  `set_all_labels` and `valid_labels`;
 * output: probabilities resized bilinearly (align_corners=False) to the frame (or requested) size, argmax,
   labels mapped back. Frames before the first mask are skipped, as eval.py never passes them to the core.
 """
@@ -117,7 +118,8 @@ class VideoSession:
         elif not self.started:
             return FrameResult(np.zeros(out_size, dtype=np.uint8), None, (), skipped=True)
         image = self.image_tensor(frame)
-        one_hot, valid = (None, None) if mask is None else self.mask_tensor(mask, tuple(image.shape[-2:]))
+        image_size = (image.shape[-2], image.shape[-1])
+        one_hot, valid = (None, None) if mask is None else self.mask_tensor(mask, image_size)
         autocast = torch.autocast(self.device.type) if self.amp else nullcontext()
         with autocast:
             prob = self.core.step(image, one_hot, valid_labels=valid, end=end)
@@ -130,14 +132,16 @@ class VideoSession:
 
     def image_tensor(self, frame: np.ndarray) -> torch.Tensor:
         """(3, H', W') normalised, resized after normalisation as eval.py does."""
-        image = torch.tensor(frame, device=self.device).permute(2, 0, 1).float().div(255)  # copies: frames may be read-only
+        # torch.tensor copies: frames may be read-only
+        image = torch.tensor(frame, device=self.device).permute(2, 0, 1).float().div(255)
         image = (image - self._mean) / self._std
         if self.size >= 0:
             image = TF.resize(image, self.size, interpolation=InterpolationMode.BILINEAR)
         return image
 
     def mask_tensor(self, mask: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
-        """One-hot (K, H', W') over every label seen so far, and the internal ids of this mask's new labels."""
+        """One-hot (K, H', W') over every label seen so far, and the internal ids of this mask's new
+        labels."""
         present = sorted(int(v) for v in np.unique(mask) if v != 0)
         repeated = [label for label in present if label in self.labels]
         if repeated:
@@ -173,7 +177,8 @@ def check_mask(mask: np.ndarray, frame_size: tuple[int, int], *, first: bool) ->
         raise SessionInputError(f"mask labels must be 0 (background) to {MAX_OBJECTS}; "
                                 f"got {mask.min()}..{mask.max()}")
     if first and not mask.any():
-        raise SessionInputError("the first mask has no object: label at least one pixel with a non-zero label")
+        raise SessionInputError(
+            "the first mask has no object: label at least one pixel with a non-zero label")
 
 
 def save_state(state: dict, path: str | Path) -> int:
