@@ -1,12 +1,9 @@
 """The decoder process: one per job, so a source that hangs or crashes takes down nothing but itself.
 
 It opens the source (streamer/ingest.py), checks the first-frame mask against it, then sends every decoded
-frame, at the source size, to the job's worker and to the writer::
-
-    decoder -> writer   JobStart (opens the outputs), Frame..., Cancel
-    decoder -> worker   JobStart, Frame..., EndOfStream | Cancel   (FrameSender, credits)
-    decoder -> daemon   Progress (frames_total when known), Error (source or mask unusable, worker refused),
-                        SourceStatus (connecting / streaming / reconnecting, attempts, last error)
+frame, at the source size, to the job's worker (through `FrameSender`, credits) and to the writer; what
+each message means on each route is in the protocol table (`streamer.messages.protocol_table()`, shown
+in docs/architecture.md).
 
 Why the decoder does not resize: the worker's VideoSession does all preprocessing (normalise, then resize
 the normalised tensor, as XMem's eval.py does), exactly as `vosd segment` and `vosd eval` do, so the three

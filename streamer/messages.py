@@ -7,15 +7,9 @@ Wire format (multipart, no pickle anywhere)::
                       holds "shape" and "dtype"
     part 2  payload   raw array bytes (only for kinds that carry an array: frames, masks, first-frame masks)
 
-Who sends what (see streamer/transport.py for the sockets):
-
-    decoder -> worker   JobStart, Frame..., EndOfStream | Cancel
-    worker  -> decoder  Credit (flow control), EndAck, Error
-    worker  -> writer   JobStart (forwarded), Mask..., CheckpointSaved, EndOfStream (forwarded) | Cancel,
-                        Progress
-    daemon  -> any      Shutdown
-    any     -> daemon   Heartbeat, Progress, Error
-    decoder -> daemon   SourceStatus (connecting, streaming, reconnecting: for the job's status)
+Who sends what to whom, and what it means there, is declared once, on each message class (`ROUTES`);
+`protocol_table()` renders it, docs/architecture.md shows that rendering, and tests/test_protocol.py fails
+when either the document or the code that builds messages disagrees with it.
 
 Arrays travel without copies: `encode` puts the array object itself in the part list for
 ``send_multipart(parts, copy=False)``, and `decode` wraps the received ``zmq.Frame`` buffer with
@@ -71,6 +65,26 @@ class MessageKind(str, Enum):
     ERROR = "error"
     SOURCE_STATUS = "source_status"
     CHECKPOINT_SAVED = "checkpoint_saved"
+
+
+class Process(str, Enum):
+    """The processes of `vosd serve` that exchange messages."""
+
+    DECODER = "decoder"
+    WORKER = "worker"
+    WRITER = "writer"
+    DAEMON = "daemon"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One use of a message kind: who sends it to whom, and what it means on that route."""
+
+    sender: Process
+    receiver: Process
+    means: str
+    forwarded: bool = False
+    """Passed on as received (not built by the sender): the worker forwards a decoder's end or cancel."""
 
 
 class MessageError(ValueError):
@@ -215,6 +229,7 @@ class _Message:
     """Base of every message dataclass: encodes and decodes it generically from its `_Layout`."""
 
     KIND: ClassVar[MessageKind]
+    ROUTES: ClassVar[tuple[Route, ...]]
 
     @property
     def payload(self) -> np.ndarray | None:
@@ -263,6 +278,10 @@ class JobStart(_Message):
     """
 
     KIND: ClassVar[MessageKind] = MessageKind.JOB_START
+    ROUTES: ClassVar[tuple[Route, ...]] = (
+        Route(Process.DECODER, Process.WORKER, "open the job: first mask, options; credits follow"),
+        Route(Process.DECODER, Process.WRITER, "open the job's outputs (paths, source size, fps)"),
+    )
     job_id: str
     live: bool
     source_size: tuple[int, int]
@@ -287,6 +306,10 @@ class FrameMessage(_Message):
     """
 
     KIND: ClassVar[MessageKind] = MessageKind.FRAME
+    ROUTES: ClassVar[tuple[Route, ...]] = (
+        Route(Process.DECODER, Process.WORKER, "a source-size frame to segment (needs a credit)"),
+        Route(Process.DECODER, Process.WRITER, "the same frame, for the overlay"),
+    )
     job_id: str
     index: int
     image: np.ndarray
@@ -308,6 +331,9 @@ class MaskMessage(_Message):
     """
 
     KIND: ClassVar[MessageKind] = MessageKind.MASK
+    ROUTES: ClassVar[tuple[Route, ...]] = (
+        Route(Process.WORKER, Process.WRITER, "the index mask of one frame, at the source size"),
+    )
     job_id: str
     index: int
     mask: np.ndarray
@@ -325,6 +351,11 @@ class EndOfStream(_Message):
     `frames_dropped` dropped (live), so the receiver can check it got every frame that was sent."""
 
     KIND: ClassVar[MessageKind] = MessageKind.END_OF_STREAM
+    ROUTES: ClassVar[tuple[Route, ...]] = (
+        Route(Process.DECODER, Process.WORKER, "no more frames: produced, sent, dropped; asks for EndAck"),
+        Route(Process.WORKER, Process.WRITER, "the decoder's end, after its last mask", forwarded=True),
+        Route(Process.WRITER, Process.DAEMON, "outputs complete under their final names (frames written)"),
+    )
     job_id: str
     frames_total: int
     frames_sent: int
@@ -337,6 +368,9 @@ class EndAck(_Message):
     `complete` is False when fewer frames arrived than the sender says it sent."""
 
     KIND: ClassVar[MessageKind] = MessageKind.END_ACK
+    ROUTES: ClassVar[tuple[Route, ...]] = (
+        Route(Process.WORKER, Process.DECODER, "every frame before the end was received"),
+    )
     job_id: str
     frames_received: int
     complete: bool
@@ -347,6 +381,9 @@ class Credit(_Message):
     """Flow control: the worker allows the job's sender `credits` more frames in flight."""
 
     KIND: ClassVar[MessageKind] = MessageKind.CREDIT
+    ROUTES: ClassVar[tuple[Route, ...]] = (
+        Route(Process.WORKER, Process.DECODER, "room for more frames of the job (flow control)"),
+    )
     job_id: str
     credits: int = field(metadata=_wire(minimum=1))
 
@@ -356,6 +393,14 @@ class Cancel(_Message):
     """Stop this job now: receivers drop its state; no acknowledgement is expected."""
 
     KIND: ClassVar[MessageKind] = MessageKind.CANCEL
+    ROUTES: ClassVar[tuple[Route, ...]] = (
+        Route(Process.DECODER, Process.WORKER, "drop the job (and its queued frames) now"),
+        Route(Process.DECODER, Process.WRITER, "discard the job's outputs"),
+        Route(Process.WORKER, Process.WRITER, "the decoder's cancel, after its last mask", forwarded=True),
+        Route(Process.DAEMON, Process.WORKER, "drop the job of a decoder that died (release_job)"),
+        Route(Process.DAEMON, Process.WRITER, "discard the job's outputs unless complete; answer which"),
+        Route(Process.WRITER, Process.DAEMON, "answer to the daemon's cancel: outputs discarded"),
+    )
     job_id: str
     reason: str = "cancelled"
 
@@ -365,6 +410,10 @@ class Shutdown(_Message):
     """Stop the receiving process; `drain` asks it to finish the jobs it holds first."""
 
     KIND: ClassVar[MessageKind] = MessageKind.SHUTDOWN
+    ROUTES: ClassVar[tuple[Route, ...]] = (
+        Route(Process.DAEMON, Process.WORKER, "stop (drain: finish held jobs first)"),
+        Route(Process.DAEMON, Process.WRITER, "stop"),
+    )
     reason: str = "shutdown"
     drain: bool = True
 
@@ -374,6 +423,10 @@ class Progress(_Message):
     """Per-job counters for the status hash (streamer/jobs.py): frames done, dropped, rate, latency."""
 
     KIND: ClassVar[MessageKind] = MessageKind.PROGRESS
+    ROUTES: ClassVar[tuple[Route, ...]] = (
+        Route(Process.DECODER, Process.DAEMON, "frames the source is expected to have (frames_total)"),
+        Route(Process.WRITER, Process.DAEMON, "frames written and dropped, fps, latency (frames_total None)"),
+    )
     job_id: str
     frames_done: int
     frames_dropped: int = 0
@@ -388,6 +441,10 @@ class Heartbeat(_Message):
     """A process is alive; `sent_at` is its wall clock (Unix seconds), `jobs` the job ids it holds."""
 
     KIND: ClassVar[MessageKind] = MessageKind.HEARTBEAT
+    ROUTES: ClassVar[tuple[Route, ...]] = (
+        Route(Process.WORKER, Process.DAEMON, "alive, with the jobs held"),
+        Route(Process.WRITER, Process.DAEMON, "alive, with the jobs open"),
+    )
     process: str
     sent_at: float
     jobs: tuple[str, ...] = ()
@@ -398,6 +455,12 @@ class ErrorMessage(_Message):
     """A failure to report: `job_id` is None for process-wide errors; `code` is a short stable name."""
 
     KIND: ClassVar[MessageKind] = MessageKind.ERROR
+    ROUTES: ClassVar[tuple[Route, ...]] = (
+        Route(Process.DECODER, Process.DAEMON, "the job failed: source, mask, or the worker refused it"),
+        Route(Process.WORKER, Process.DECODER, "the job is refused at its JobStart (code rejected)"),
+        Route(Process.WORKER, Process.DAEMON, "the job failed on the worker (inference, writer unreachable)"),
+        Route(Process.WRITER, Process.DAEMON, "the job's outputs cannot be written"),
+    )
     code: str
     message: str
     job_id: str | None = None
@@ -409,6 +472,9 @@ class SourceStatus(_Message):
     streaming, so a stalled or unreachable live source is visible in the job's status."""
 
     KIND: ClassVar[MessageKind] = MessageKind.SOURCE_STATUS
+    ROUTES: ClassVar[tuple[Route, ...]] = (
+        Route(Process.DECODER, Process.DAEMON, "connecting, streaming or reconnecting: attempts, last error"),
+    )
     job_id: str
     state: str
     """connecting (first attempt), streaming, or reconnecting (after a failed attempt or a lost stream)."""
@@ -426,6 +492,9 @@ class CheckpointSaved(_Message):
     mask of frame `frame`-1, so the writer can vouch for it once it has written that mask."""
 
     KIND: ClassVar[MessageKind] = MessageKind.CHECKPOINT_SAVED
+    ROUTES: ClassVar[tuple[Route, ...]] = (
+        Route(Process.WORKER, Process.WRITER, "session saved after frames 0..frame-1; promote once written"),
+    )
     job_id: str
     frame: int = field(metadata=_wire(minimum=1))
 
@@ -449,6 +518,25 @@ Message = (
 _CLASSES: dict[MessageKind, type[Message]] = {cls.KIND: cls for cls in get_args(Message)}
 
 _PAYLOAD_KINDS = frozenset(kind for kind, cls in _CLASSES.items() if _layout(cls).payload is not None)
+
+
+
+def protocol_table() -> str:
+    """Every route of every message kind, one line each, grouped by sender and receiver (the protocol)."""
+    processes, kinds = list(Process), list(MessageKind)
+    rows = sorted(
+        ((route, cls) for cls in _CLASSES.values() for route in cls.ROUTES),
+        key=lambda row: (
+            processes.index(row[0].sender), processes.index(row[0].receiver), kinds.index(row[1].KIND)
+        ),
+    )
+    lines = []
+    for route, cls in rows:
+        pair = f"{route.sender.value} -> {route.receiver.value}"
+        note = " (forwarded)" if route.forwarded else ""
+        lines.append(f"{pair:<20} {cls.__name__:<16} {route.means}{note}")
+    return "\n".join(lines)
+
 
 WirePart = bytes | memoryview | np.ndarray
 """What `encode` returns and ``send_multipart(copy=False)`` accepts."""

@@ -9,14 +9,8 @@ frames 0..N-1 are written, so the daemon never resumes ahead of the outputs. A r
 frames 0..N-1 without masks (overlay only; `OutputWriter(resume=True)` reuses the kept PNGs when this
 process is not the one that wrote them), and completion expects N + the frames sent to the worker.
 
-Messages (one PULL socket, `ResultCollector`)::
-
-    decoder -> writer   JobStart (opens the outputs), full-size Frame..., Cancel
-    worker  -> writer   Mask..., CheckpointSaved, EndOfStream (forwarded after the last mask), Cancel
-    daemon  -> writer   Cancel (the job is stopping), Shutdown
-    writer  -> daemon   Progress (frames written, dropped, fps, latency), EndOfStream (outputs complete,
-                        under their final names), Cancel (outputs discarded), Error (outputs cannot be
-                        written), Heartbeat
+Messages arrive on one PULL socket (`ResultCollector`); who sends what, and what it means here, is in
+the protocol table (`streamer.messages.protocol_table()`, shown in docs/architecture.md).
 
 Joining. Masks of a job come from one worker, in index order; full-size frames come from one decoder,
 also in index order. A mask is written as soon as its frame is here, so the writer holds at most the

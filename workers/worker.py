@@ -4,12 +4,8 @@ Why one process per device: the network is loaded once and stays resident (no fo
 re-initialisation), and XMem's per-video memory lives here, so every frame of a job is routed to this
 process (streamer/transport.py) and nowhere else.
 
-Messages::
-
-    decoder -> worker   JobStart, Frame..., EndOfStream | Cancel        (FrameInbox, credit flow control)
-    worker  -> writer   Mask..., CheckpointSaved, EndOfStream | Cancel   (ResultSender, lossless)
-    worker  -> daemon   Heartbeat (every `heartbeat_s`), Error (a job failed here)
-    daemon  -> worker   Shutdown (drain: finish held jobs first)
+Messages in and out (FrameInbox with credit flow control; ResultSender to the writer, lossless): see
+the protocol table (`streamer.messages.protocol_table()`, shown in docs/architecture.md).
 
 The loop has explicit states: STARTING (loading the network, nothing bound yet), READY, DRAINING (no new
 jobs, finishing the held ones), STOPPED. The inbox is bound only once the network is loaded, so a decoder
