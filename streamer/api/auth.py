@@ -22,7 +22,7 @@ def require_token(request: Request) -> None:
 
 def require_token_or_query(
     request: Request,
-    token: Annotated[str | None, Query(description="The API token, for an <img> that sends no header.")] = None,
+    token: Annotated[str | None, Query(description="The API token, for an <img> (no headers).")] = None,
 ) -> None:
     """FastAPI dependency for streams a browser element opens: the bearer token, or ``?token=``."""
     _check(request, f"Bearer {token}" if token else request.headers.get("authorization", ""))
