@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from videos import free_port
 
 from streamer.redis_server import EmbeddedRedis
+from videos import free_port
 
 from .conftest import SERVE, running_daemon, write_config
 
