@@ -93,6 +93,7 @@ def serve_command(config: ConfigPath = None) -> None:
 
     from streamer.config import ConfigError, load_config
     from streamer.daemon import DaemonSettings, serve
+    from streamer.redis_server import RedisStartError
 
     try:
         settings = load_config(config)
@@ -106,6 +107,9 @@ def serve_command(config: ConfigPath = None) -> None:
     api = _start_api(settings)
     try:
         serve(DaemonSettings.from_config(settings))
+    except RedisStartError as exc:  # a wrong password, a busy data_dir: one clear line, no traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     finally:
         if api is not None:
             api.stop()

@@ -330,6 +330,11 @@ class HttpSettings(_Section):
         return self
 
 
+def redact_url(url: str) -> str:
+    """`url` with its password (``redis://user:PASS@host``) masked, for logs and error messages."""
+    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
+
+
 class VosdConfig(BaseSettings):
     """Everything `vosd serve` and the CLI need; see configs/default.yaml for the commented defaults."""
 
@@ -390,7 +395,7 @@ class VosdConfig(BaseSettings):
     def summary(self) -> dict[str, Any]:
         """The effective configuration for the startup log, with any password in the Redis URL masked."""
         data = self.model_dump(mode="json")
-        data["redis"]["url"] = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", data["redis"]["url"])
+        data["redis"]["url"] = redact_url(data["redis"]["url"])
         if data["http"]["token"]:
             data["http"]["token"] = "***"
         return data

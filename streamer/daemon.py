@@ -71,7 +71,7 @@ import zmq
 from redis.typing import EncodableT, FieldT
 
 from streamer import resume
-from streamer.config import VosdConfig
+from streamer.config import VosdConfig, redact_url
 from streamer.decoder import DecoderSettings, run_decoder
 from streamer.jobs import (
     Claim,
@@ -94,7 +94,7 @@ from streamer.messages import (
     SourceStatus,
 )
 from streamer.redis_link import REDIS_ERRORS, RedisLink
-from streamer.redis_server import RedisEndpoint, Role, resolve_redis
+from streamer.redis_server import RedisEndpoint, RedisStartError, Role, resolve_redis
 from streamer.transport import (
     QueueSettings,
     ResultCollector,
@@ -453,6 +453,11 @@ class Daemon:
                     visibility_timeout_s=settings.visibility_timeout_s,
                     max_attempts=settings.max_attempts,
                 )
+            except redis.AuthenticationError as exc:  # waiting would not help: stop with the reason
+                raise RedisStartError(
+                    f"Redis at {redact_url(self._redis_endpoint.url)} refused the credentials ({exc}); check "
+                    "the password (and ACL user) in redis.url / VOSD_REDIS__URL"
+                ) from None
             except REDIS_ERRORS as exc:  # an external server not up yet: wait for it, as for an outage
                 if self.stopping:
                     raise
@@ -504,7 +509,7 @@ class Daemon:
         logger.info(
             "daemon started consumer=%s redis=%s devices=%s checkpoint=%s",
             self.consumer,
-            self._redis_endpoint.url,
+            redact_url(self._redis_endpoint.url),
             ",".join(settings.devices),
             settings.checkpoint,
         )

@@ -31,6 +31,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -64,15 +65,18 @@ class Role(str, Enum):
 
 
 class RedisStartError(RuntimeError):
-    """The embedded redis-server did not come up; the message includes the end of its log."""
+    """Redis is not usable at startup: the embedded redis-server did not come up (the message includes the
+    end of its log), or the configured server refused the credentials."""
 
 
 class EmbeddedRedis:
     """A private redis-server on a Unix socket inside `directory`."""
 
-    def __init__(self, directory: Path, *, persistent: bool = True) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = True, extra_args: Sequence[str] = ()) -> None:
         self.directory = Path(directory).resolve()
         self.persistent = persistent
+        self.extra_args = tuple(extra_args)
+        """More redis-server options after ours (a later one wins), e.g. ``--requirepass`` or ``--port``."""
         self.socket_path = self.directory / "redis.sock"
         self.pid_path = self.directory / "redis.pid"
         self.log_path = self.directory / "redis.log"
@@ -98,6 +102,8 @@ class EmbeddedRedis:
         )
         try:
             return bool(client.ping())
+        except redis.AuthenticationError:  # a server answered: one started with --requirepass
+            return True
         except redis.RedisError:
             return False
         finally:
@@ -155,6 +161,7 @@ class EmbeddedRedis:
             "--save", "",
             "--appendonly", "yes" if self.persistent else "no",
             "--appendfsync", "everysec",
+            *self.extra_args,
         ]  # fmt: skip
         # Own session: a Ctrl-C meant for the daemon must not kill Redis before job states are written.
         self._process = subprocess.Popen(

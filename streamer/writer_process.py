@@ -28,6 +28,9 @@ before the Cancel arrived: EndOfStream again when they are complete under their 
 discard them), otherwise Cancel (nothing of the job is kept). The daemon writes a stopping job's final
 state from that answer, so a job is never marked cancelled while its outputs stay published.
 
+Every written frame is offered to the job's live preview (streamer/preview.py), a small JPEG replaced at
+most five times a second that the HTTP API streams; it is removed with the job.
+
 Live jobs report Progress for every written frame, so the daemon sees each frame's latency (decoded to
 written) and can keep percentiles over the recent frames; batch jobs report every `progress_interval_s`.
 
@@ -64,6 +67,7 @@ from streamer.messages import (
     Progress,
     Shutdown,
 )
+from streamer.preview import PreviewWriter
 from streamer.transport import EventReporter, QueueSettings, ResultCollector
 
 logger = logging.getLogger(__name__)
@@ -128,6 +132,7 @@ class WriterJob:
 
     start: JobStart
     output: Any
+    preview: PreviewWriter
     frames: dict[int, FrameMessage] = field(default_factory=dict)
     masks: deque[MaskMessage] = field(default_factory=deque)
     end: EndOfStream | None = None
@@ -256,7 +261,8 @@ class WriterLoop:
             self.events.report(error)
             self._remember(job_id, JobPhase.FAILED, None)
             return
-        job = WriterJob(start=start, output=output, resume_from=resume_from, written=output.frames_written)
+        preview = PreviewWriter(start.outputs["dir"], self.settings.alpha)
+        job = WriterJob(start, output, preview, resume_from=resume_from, written=output.frames_written)
         if "overlay" not in paths:  # frames before the checkpoint are not sent: nothing to re-encode
             job.last_index = resume_from - 1
         self.jobs[job_id] = job
@@ -308,6 +314,7 @@ class WriterLoop:
                 del job.frames[stale]
             output_index = job.written if job.start.live else mask.index
             job.output.write(output_index, frame.image, mask.mask)
+            job.preview.offer(frame.image, mask.mask)
             job.last_index = mask.index
             job.written = job.output.frames_written
             job.latency_s = time.time() - mask.capture_time
@@ -337,6 +344,7 @@ class WriterLoop:
             )
             return
         report = job.output.close()
+        job.preview.remove()
         resume.discard(job.start.outputs)
         done = EndOfStream(
             job_id=job_id,
@@ -361,6 +369,7 @@ class WriterLoop:
         if job is None:
             return
         job.output.abort()
+        job.preview.remove()
         resume.discard(job.start.outputs)
         remove_if_empty(Path(job.start.outputs["dir"]))
         self._remember(job_id, phase, None)

@@ -43,6 +43,8 @@ class ApiContext:
     policy: SourcePolicy = field(init=False)
     registry: CollectorRegistry | None = field(default=None, init=False)
     """Made by the first /metrics scrape (streamer.api.metrics)."""
+    preview_viewers: int = field(default=0, init=False)
+    """Open live-preview streams (streamer.api.preview), counted on the event loop's thread."""
     _queue: JobQueue | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
@@ -173,7 +175,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def create_app(config: VosdConfig) -> FastAPI:
     """The API for one daemon's configuration; `streamer.api.server` runs it under uvicorn."""
-    from streamer.api import dashboard, metrics, routes
+    from streamer.api import dashboard, metrics, preview, routes
 
     app = FastAPI(
         title="vosd",
@@ -181,11 +183,12 @@ def create_app(config: VosdConfig) -> FastAPI:
         version="0.1.0",
         docs_url="/docs",
         redoc_url=None,
-        responses={code: {"model": ErrorBody} for code in (401, 404, 413, 422, 503)},
+        responses={code: {"model": ErrorBody} for code in (401, 404, 409, 413, 422, 503)},
     )
     app.state.ctx = ApiContext(config)
     _install_error_handlers(app)
     app.include_router(routes.router)
+    app.include_router(preview.router)
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")

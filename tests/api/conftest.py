@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class Api:
             time.sleep(0.1)
 
 
-def _config(data_dir: Path, media: Path, redis_url: str, port: int) -> Path:
+def write_config(data_dir: Path, media: Path, redis_url: str, port: int) -> Path:
     checkpoint = write_random_checkpoint(data_dir / "small.pth", NetworkSpec.small(), seed=3)
     config = data_dir / "vosd.yaml"
     settings = {
@@ -89,6 +90,13 @@ def _config(data_dir: Path, media: Path, redis_url: str, port: int) -> Path:
 
 @pytest.fixture(scope="package")
 def api(redis_server: EmbeddedRedis) -> Iterator[Api]:
+    with running_daemon(redis_server.url) as served:
+        yield served
+
+
+@contextmanager
+def running_daemon(redis_url: str) -> Iterator[Api]:
+    """`vosd serve` on `redis_url` with its API, until the block ends (then SIGTERM, exit 0)."""
     data_dir = Path(tempfile.mkdtemp(prefix="vosd-a-"))  # short: ipc socket paths are limited
     media = data_dir / "media"
     media.mkdir()
@@ -97,7 +105,7 @@ def api(redis_server: EmbeddedRedis) -> Iterator[Api]:
     long_masks = write_moving_shape_video(media / "long.mp4", frames=240, objects=1)
     write_first_mask(media / "long-first.png", long_masks[0])
     port = free_port()
-    config = _config(data_dir, media, redis_server.url, port)
+    config = write_config(data_dir, media, redis_url, port)
     log = data_dir / "daemon.log"
     with log.open("w") as sink:
         process = subprocess.Popen(

@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's package, driven by Playwright): submit an upload
 with a PNG mask and watch it reach done, submit a path with a mask drawn as polygons on its first frame,
-and save a screenshot to docs/dashboard.png. Any JavaScript error on the page fails the test."""
+open the live preview of a long job, save a screenshot to docs/dashboard.png and cancel that job. Any
+JavaScript error on the page fails the test."""
 
 from __future__ import annotations
 
@@ -59,6 +60,17 @@ def test_dashboard_submits_watches_and_draws_a_mask(api: Api) -> None:
         with api.client() as client:
             job = client.get(f"/jobs/{drawn}").json()
         assert job["frames_done"] == 8 and job["mask_path"].endswith("/mask.png")
+
+        page.fill("#max-frames", "")
+        page.fill("#source", str(api.media / "long.mp4"))
+        page.set_input_files("#mask", str(api.media / "long-first.png"))
+        page.click("#submit-button")
+        expect(page.locator("#message")).not_to_contain_text(drawn, timeout=30_000)
+        long = page.locator("#message").inner_text().split()[1]
+        page.locator(f'tr[data-id="{long}"] button.preview').click(timeout=60_000)
+        page.wait_for_function("document.getElementById('preview').naturalWidth > 0", timeout=30_000)
         page.screenshot(path=str(ROOT / "docs" / "dashboard.png"), full_page=True)
+        page.locator(f'tr[data-id="{long}"] button.cancel').click()
+        expect(page.locator(f'tr[data-id="{long}"] .state')).to_have_text("cancelled", timeout=60_000)
         browser.close()
         assert errors == []

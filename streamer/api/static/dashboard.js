@@ -1,4 +1,5 @@
-// The vosd dashboard: polls GET /jobs, submits jobs (uploads or paths, PNG or drawn masks), stops and cancels.
+// The vosd dashboard: polls GET /jobs, submits jobs (uploads or paths, PNG or drawn masks), shows a running
+// job's live preview, stops and cancels.
 // Plain browser JavaScript, no build step. The token is kept in localStorage and sent as a bearer token.
 "use strict";
 
@@ -70,6 +71,7 @@ function jobRow(job) {
     outputs.append(link, " ");
   }
   const actions = cell(row, "");
+  if (job.state === "running") actions.append(button("Preview", () => openPreview(job.id)));
   if (!["done", "failed", "cancelled"].includes(job.state)) {
     actions.append(button("Stop", () => control("POST", `/jobs/${job.id}/stop`)));
     actions.append(button("Cancel", () => control("DELETE", `/jobs/${job.id}`)));
@@ -109,6 +111,20 @@ async function refresh() {
   } catch (error) {
     $("connection").textContent = `(${error.message})`;
   }
+}
+
+function openPreview(id) {
+  // An <img> cannot send the bearer token, so this one endpoint takes it as ?token= (streamer/api/auth.py).
+  // The stream (MJPEG) ends with the job; the last frame stays shown.
+  const token = $("token").value.trim();
+  $("preview").src = `/jobs/${id}/preview` + (token ? `?token=${encodeURIComponent(token)}` : "");
+  $("preview-job").textContent = `Job ${id}: newest overlay frames, up to five a second`;
+  $("preview-panel").hidden = false;
+}
+
+function closePreview() {
+  $("preview").removeAttribute("src");
+  $("preview-panel").hidden = true;
 }
 
 // ---------------------------------------------------------------------------------------- mask drawing
@@ -203,6 +219,7 @@ async function submit(event) {
 
 $("token").value = localStorage.getItem("vosd-token") || "";
 $("token").onchange = () => { localStorage.setItem("vosd-token", $("token").value.trim()); refresh(); };
+$("close-preview").onclick = closePreview;
 $("load-frame").onclick = loadFrame;
 $("canvas").onclick = addPoint;
 $("close-polygon").onclick = closePolygon;
