@@ -47,6 +47,7 @@ decoder to exit). A child is STARTING until its first heartbeat, then READY.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import logging
@@ -74,6 +75,7 @@ from streamer import resume
 from streamer.config import VosdConfig, redact_url
 from streamer.decoder import DecoderSettings, run_decoder
 from streamer.jobs import (
+    LATENCY_BUCKETS_S,
     Claim,
     DaemonLoad,
     HeartbeatStatus,
@@ -270,6 +272,8 @@ class Child:
     started_at: float = 0.0
     last_heartbeat: float = 0.0
     restarts: int = 0
+    model_fps: float | None = None
+    """A worker's frames per second of model time, from its last heartbeat (None: the writer, or idle)."""
 
     def launch(self) -> None:
         self.process = self.start()
@@ -297,6 +301,9 @@ class DaemonJob:
     fps: float = 0.0
     dropped: int = 0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    latency_counts: list[int] | None = None
+    """Frames per bucket of `LATENCY_BUCKETS_S` (+Inf last), over this daemon's runs of a live job."""
+    latency_sum_s: float = 0.0
     decoder_ended_at: float | None = None
     ending: Ending | None = None
     final: tuple[JobState | Outcome, str | None] | None = None
@@ -318,6 +325,14 @@ class DaemonJob:
         """Still meant to run here: not stopping."""
         return self.phase in (JobPhase.WAITING, JobPhase.RUNNING)
 
+    def record_latency(self, seconds: float) -> None:
+        """One written frame of a live job: into the recent window (percentiles) and the histogram."""
+        self.latencies.append(seconds)
+        if self.latency_counts is None:
+            self.latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.latency_sum_s += seconds
+
     def progress(self) -> JobProgress:
         ordered = sorted(self.latencies)
         return JobProgress(
@@ -333,6 +348,8 @@ class DaemonJob:
             source_error=self.source.error if self.source else None,
             last_frame_at=self.source.last_frame_at if self.source else None,
             resumed_from=self.resumed_from,
+            latency_counts=None if self.latency_counts is None else tuple(self.latency_counts),
+            latency_sum_s=None if self.latency_counts is None else self.latency_sum_s,
         )
 
 
@@ -607,6 +624,7 @@ class Daemon:
             for child in self._children():
                 if child.name == message.process:
                     child.last_heartbeat = time.monotonic()
+                    child.model_fps = message.model_fps
                     if child.state is ProcessState.STARTING:
                         child.state = ProcessState.READY
                         logger.info(
@@ -644,7 +662,7 @@ class Daemon:
                 job.dropped = message.frames_dropped
                 job.fps = message.fps
                 if job.claim.job.live and message.latency_s is not None:
-                    job.latencies.append(message.latency_s)
+                    job.record_latency(message.latency_s)
 
     # ------------------------------------------------------------------------------------------ children
 
@@ -915,6 +933,8 @@ class Daemon:
             if child.process is not None and child.process.pid is not None:
                 fields[child.name] = str(child.process.pid)
             fields[f"restarts:{child.name}"] = str(child.restarts)  # for /metrics (streamer/api)
+            if child.model_fps is not None:
+                fields[f"model_fps:{child.name}"] = f"{child.model_fps:.3f}"
         pipe = self.queue.redis.pipeline(transaction=True)
         pipe.delete(key)
         pipe.hset(key, mapping=cast("dict[FieldT, EncodableT]", fields))

@@ -57,6 +57,10 @@ from pydantic import BaseModel, ConfigDict, Field
 logger = logging.getLogger(__name__)
 
 
+LATENCY_BUCKETS_S: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+"""Upper bounds (seconds) of the live-latency histogram a job's status keeps; one more bucket is +Inf."""
+
+
 class JobState(str, Enum):
     """Where a job is in its life; DONE, FAILED and CANCELLED are final."""
 
@@ -166,6 +170,14 @@ class JobRecord(BaseModel):
     latency_p95_s: float | None = Field(
         default=None, description="Live jobs: the same latency, 95th percentile over the recent frames.",
     )
+    latency_counts: list[int] | None = Field(
+        default=None,
+        description="Live jobs: frames per latency bucket (LATENCY_BUCKETS_S, then +Inf) over the whole run "
+        "of this holder, for the /metrics histogram.",
+    )
+    latency_sum_s: float | None = Field(
+        default=None, description="Live jobs: the sum of those frames' latencies, seconds.",
+    )
     cancel_requested: bool = Field(
         default=False, description="Set by cancel(); the holder stops within a heartbeat.",
     )
@@ -198,7 +210,7 @@ class JobRecord(BaseModel):
         for name, value in self.model_dump(mode="json").items():
             if value is None:
                 continue
-            if isinstance(value, dict):
+            if isinstance(value, (dict, list)):
                 fields[name] = json.dumps(value)
             elif isinstance(value, bool):
                 fields[name] = "1" if value else "0"
@@ -209,7 +221,7 @@ class JobRecord(BaseModel):
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> JobRecord:
         data: dict[str, Any] = dict(fields)
-        for name in ("options", "outputs"):
+        for name in ("options", "outputs", "latency_counts"):
             if name in data:
                 data[name] = json.loads(data[name])
         return cls.model_validate(data)
@@ -246,6 +258,8 @@ class JobProgress:
     reconnect_attempts: int | None = None
     source_error: str | None = None
     last_frame_at: float | None = None
+    latency_counts: tuple[int, ...] | None = None
+    latency_sum_s: float | None = None
 
     def fields(self) -> list[str]:
         """Status-hash field/value pairs; counters that are None are left as they are."""
@@ -262,6 +276,8 @@ class JobProgress:
             "reconnect_attempts": self.reconnect_attempts,
             "source_error": self.source_error,
             "last_frame_at": None if self.last_frame_at is None else repr(self.last_frame_at),
+            "latency_counts": None if self.latency_counts is None else json.dumps(list(self.latency_counts)),
+            "latency_sum_s": None if self.latency_sum_s is None else f"{self.latency_sum_s:.4f}",
         }
         return [item for name, value in values.items() if value is not None for item in (name, str(value))]
 

@@ -448,6 +448,8 @@ class Heartbeat(_Message):
     process: str
     sent_at: float
     jobs: tuple[str, ...] = ()
+    model_fps: float | None = None
+    """Worker: frames per second of model time since its previous heartbeat; None when it segmented none."""
 
 
 @dataclass(frozen=True)

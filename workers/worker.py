@@ -128,6 +128,8 @@ class Worker:
         self.jobs: dict[str, WorkerJob] = {}
         self._stop_requested = False
         self._last_heartbeat = 0.0
+        self._since_heartbeat = (0, 0.0)
+        """Frames segmented and model seconds spent since the last heartbeat (its model_fps)."""
         self.events = EventReporter(
             context, settings.events_endpoint, settings.queues, sender=f"worker={settings.name}")
         self.results = ResultSender(
@@ -234,6 +236,8 @@ class Worker:
         elapsed = time.perf_counter() - started
         job.frames += 1
         job.seconds += elapsed
+        frames, seconds = self._since_heartbeat
+        self._since_heartbeat = (frames + 1, seconds + elapsed)
         self._send_result(
             frame.job_id,
             MaskMessage(
@@ -297,7 +301,14 @@ class Worker:
         now = time.monotonic()
         if force or now - self._last_heartbeat >= self.settings.heartbeat_s:
             self._last_heartbeat = now
-            heartbeat = Heartbeat(process=self.settings.name, sent_at=time.time(), jobs=tuple(self.jobs))
+            frames, seconds = self._since_heartbeat
+            self._since_heartbeat = (0, 0.0)
+            heartbeat = Heartbeat(
+                process=self.settings.name,
+                sent_at=time.time(),
+                jobs=tuple(self.jobs),
+                model_fps=frames / seconds if seconds > 0 else None,
+            )
             self.events.report(heartbeat)
 
     def _set_state(self, state: WorkerState) -> None:

@@ -7,6 +7,8 @@ Per-job series exist only for running jobs, so their number stays bounded by the
 
 from __future__ import annotations
 
+import itertools
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -15,16 +17,32 @@ from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from streamer.api.app import ApiContext, Ctx, error_response
 from streamer.api.auth import require_token
-from streamer.jobs import JobQueue, JobState
+from streamer.jobs import LATENCY_BUCKETS_S, JobQueue, JobState
 
 router = APIRouter(tags=["operations"])
 
-JOB_FIELDS = ("state", "frames_done", "dropped_frames", "fps", "created_at", "latency_p50_s", "latency_p95_s")
+JOB_FIELDS = (
+    "state", "frames_done", "dropped_frames", "fps", "created_at", "latency_p50_s", "latency_p95_s",
+    "latency_counts", "latency_sum_s",
+)  # fmt: skip
+
+
+def latency_buckets(counts: str | None) -> list[tuple[str, float]] | None:
+    """Cumulative Prometheus buckets from a job's per-bucket `latency_counts` (JSON), None if unusable."""
+    try:
+        values = json.loads(counts) if counts else None
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(values, list) or len(values) != len(LATENCY_BUCKETS_S) + 1:
+        return None
+    bounds = [*(str(bound) for bound in LATENCY_BUCKETS_S), "+Inf"]
+    cumulative = list(itertools.accumulate(float(value) for value in values))
+    return list(zip(bounds, cumulative, strict=True))
 
 
 def _number(text: str | None) -> float:
@@ -67,9 +85,14 @@ class FleetCollector(Collector):
             "Live jobs: arrival to mask written, recent frames.",
             labels=["job", "quantile"],
         )
+        histogram = HistogramMetricFamily(
+            "vosd_frame_latency_seconds",
+            "Live jobs: a frame's arrival at the decoder to its mask written, every frame, running jobs.",
+            labels=["job"],
+        )
         total_frames = total_dropped = 0.0
         for job_id, values in zip(ids, pipe.execute(), strict=True):
-            state, done, drops, fps, created, p50, p95 = values
+            state, done, drops, fps, created, p50, p95, counts, latency_sum = values
             if state is None:
                 continue
             states[state] += 1
@@ -85,6 +108,9 @@ class FleetCollector(Collector):
                 for quantile, value in (("0.5", p50), ("0.95", p95)):
                     if value is not None:
                         latency.add_metric([job_id, quantile], _number(value))
+                buckets = latency_buckets(counts)
+                if buckets is not None:
+                    histogram.add_metric([job_id], buckets, _number(latency_sum))
         jobs = GaugeMetricFamily("vosd_jobs", "Jobs per state.", labels=["state"])
         for state in JobState:
             jobs.add_metric([state.value], states[state.value])
@@ -99,7 +125,7 @@ class FleetCollector(Collector):
             "Age of the oldest queued job; 0 when none waits.",
             value=oldest_queued or 0.0,
         )
-        yield from (frames, dropped, job_frames, job_dropped, job_fps, latency)
+        yield from (frames, dropped, job_frames, job_dropped, job_fps, latency, histogram)
 
     def _daemons(self, queue: JobQueue) -> Iterator[Metric]:
         running = GaugeMetricFamily("vosd_daemon_running_jobs", "Jobs a daemon runs.", labels=["daemon"])
@@ -118,13 +144,21 @@ class FleetCollector(Collector):
             "Restarts of a daemon's worker and writer processes.",
             labels=["daemon", "process"],
         )
+        model_fps = GaugeMetricFamily(
+            "vosd_worker_model_fps",
+            "Frames per second of model time of a worker since its previous heartbeat.",
+            labels=["daemon", "process"],
+        )
         for daemon, fields in queue.daemon_statuses().items():
+            for name, value in fields.items():
+                if name.startswith("model_fps:"):
+                    model_fps.add_metric([daemon, name.removeprefix("model_fps:")], _number(value))
             outages.add_metric([daemon], _number(fields.get("redis_outages")))
             for name, value in fields.items():
                 if name.startswith("restarts:"):
                     restarts.add_metric([daemon, name.removeprefix("restarts:")], _number(value))
         yield GaugeMetricFamily("vosd_daemons", "Daemons that published their load recently.", value=live)
-        yield from (running, capacity, outages, restarts)
+        yield from (running, capacity, outages, restarts, model_fps)
 
 
 def registry_for(ctx: ApiContext) -> CollectorRegistry:

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import base64
 import socket
+import time
 from pathlib import Path
 
 import pytest
+import redis as redis_lib
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from streamer.cli import app
+from streamer.jobs import LATENCY_BUCKETS_S, JobQueue, KeyNames
+from videos import LiveServer, free_port
 
 from .conftest import Api
 
@@ -76,3 +80,33 @@ def test_serve_refuses_to_listen_beyond_loopback_without_a_token_or_on_a_taken_p
         result = CliRunner().invoke(app, ["serve", "--config", _config(tmp_path, listen=f"127.0.0.1:{port}")])
     assert result.exit_code == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
+
+
+def test_live_jobs_feed_a_latency_histogram_and_workers_their_model_fps(api: Api, redis_server) -> None:
+    """A live stream through the daemon: every written frame's latency lands in its job's histogram
+    buckets (cumulative, +Inf = count), and the worker's model FPS comes with its heartbeats."""
+    client_redis = redis_lib.Redis.from_url(redis_server.url, decode_responses=True)
+    queue = JobQueue(client_redis, keys=KeyNames("vosd-api"))
+    with LiveServer("tcp", free_port(), fps=24, lifetime=60) as server, api.client() as client:
+        time.sleep(0.5)
+        job = queue.submit(server.url, mask_path=str(api.media / "first.png"), live=True)
+        deadline = time.monotonic() + 120
+        while True:
+            samples = _samples(client.get("/metrics").text)
+            count = samples.get(("vosd_frame_latency_seconds_count", (("job", job.id),)), 0.0)
+            if count >= 5:
+                break
+            assert time.monotonic() < deadline, f"no latency histogram for {job.id}"
+            time.sleep(0.5)
+        buckets = [
+            value
+            for (name, labels), value in samples.items()
+            if name == "vosd_frame_latency_seconds_bucket" and dict(labels)["job"] == job.id
+        ]
+        assert len(buckets) == len(LATENCY_BUCKETS_S) + 1
+        assert buckets == sorted(buckets) and max(buckets) == count  # cumulative, +Inf holds them all
+        assert samples[("vosd_frame_latency_seconds_sum", (("job", job.id),))] > 0
+        fps = [v for (name, _), v in samples.items() if name == "vosd_worker_model_fps"]
+        assert fps and max(fps) > 0
+        assert client.delete(f"/jobs/{job.id}").status_code in (200, 202)
+        api.wait(client, job.id)

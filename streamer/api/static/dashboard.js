@@ -47,6 +47,13 @@ function cell(row, text, className) {
   return td;
 }
 
+function latencyText(job) {
+  // Live jobs: arrival at the decoder to mask written, median / 95th percentile of the recent frames.
+  if (job.latency_p50_s == null) return "";
+  const ms = (seconds) => `${Math.round(seconds * 1000)}`;
+  return `${ms(job.latency_p50_s)} / ${ms(job.latency_p95_s ?? job.latency_p50_s)} ms`;
+}
+
 function jobRow(job) {
   const row = document.createElement("tr");
   row.dataset.id = job.id;
@@ -60,6 +67,7 @@ function jobRow(job) {
   bar.append(`${job.frames_done}${total}`);
   cell(row, job.fps.toFixed(1));
   cell(row, String(job.dropped_frames));
+  cell(row, latencyText(job));
   cell(row, job.state === "running" ? job.source_state || "" : "");
   const outputs = cell(row, "");
   for (const [kind, url] of Object.entries(job.output_urls)) {
