@@ -67,6 +67,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
+import psutil
 import redis
 import zmq
 from redis.typing import EncodableT, FieldT
@@ -274,6 +275,8 @@ class Child:
     restarts: int = 0
     model_fps: float | None = None
     """A worker's frames per second of model time, from its last heartbeat (None: the writer, or idle)."""
+    gpu_memory_bytes: int | None = None
+    """A CUDA worker's allocated GPU memory, from its last heartbeat."""
 
     def launch(self) -> None:
         self.process = self.start()
@@ -625,6 +628,7 @@ class Daemon:
                 if child.name == message.process:
                     child.last_heartbeat = time.monotonic()
                     child.model_fps = message.model_fps
+                    child.gpu_memory_bytes = message.gpu_memory_bytes
                     if child.state is ProcessState.STARTING:
                         child.state = ProcessState.READY
                         logger.info(
@@ -932,9 +936,13 @@ class Daemon:
         for child in self._children():
             if child.process is not None and child.process.pid is not None:
                 fields[child.name] = str(child.process.pid)
+                with contextlib.suppress(psutil.Error):  # exiting right now: no figure this round
+                    fields[f"rss:{child.name}"] = str(psutil.Process(child.process.pid).memory_info().rss)
             fields[f"restarts:{child.name}"] = str(child.restarts)  # for /metrics (streamer/api)
             if child.model_fps is not None:
                 fields[f"model_fps:{child.name}"] = f"{child.model_fps:.3f}"
+            if child.gpu_memory_bytes is not None:
+                fields[f"gpu_memory:{child.name}"] = str(child.gpu_memory_bytes)
         pipe = self.queue.redis.pipeline(transaction=True)
         pipe.delete(key)
         pipe.hset(key, mapping=cast("dict[FieldT, EncodableT]", fields))

@@ -450,6 +450,8 @@ class Heartbeat(_Message):
     jobs: tuple[str, ...] = ()
     model_fps: float | None = None
     """Worker: frames per second of model time since its previous heartbeat; None when it segmented none."""
+    gpu_memory_bytes: int | None = None
+    """Worker on a CUDA device: memory allocated there by torch; None elsewhere."""
 
 
 @dataclass(frozen=True)

@@ -308,12 +308,22 @@ class Worker:
                 sent_at=time.time(),
                 jobs=tuple(self.jobs),
                 model_fps=frames / seconds if seconds > 0 else None,
+                gpu_memory_bytes=gpu_memory_bytes(self.settings.device),
             )
             self.events.report(heartbeat)
 
     def _set_state(self, state: WorkerState) -> None:
         self.state = state
         logger.info("worker=%s state=%s", self.settings.name, state.value)
+
+
+def gpu_memory_bytes(device: str) -> int | None:
+    """Memory torch has allocated on a CUDA `device`, for the daemon's metrics; None on other devices."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return int(torch.cuda.memory_allocated(torch.device(device)))
 
 
 def check_first_mask(mask: np.ndarray | None, source_size: tuple[int, int], max_objects: int) -> None:

@@ -149,16 +149,28 @@ class FleetCollector(Collector):
             "Frames per second of model time of a worker since its previous heartbeat.",
             labels=["daemon", "process"],
         )
+        rss = GaugeMetricFamily(
+            "vosd_process_rss_bytes",
+            "Resident memory of a daemon's worker or writer.",
+            labels=["daemon", "process"],
+        )
+        gpu = GaugeMetricFamily(
+            "vosd_worker_gpu_memory_bytes",
+            "GPU memory torch has allocated in a CUDA worker.",
+            labels=["daemon", "process"],
+        )
+        per_process = {"model_fps:": model_fps, "rss:": rss, "gpu_memory:": gpu}
         for daemon, fields in queue.daemon_statuses().items():
             for name, value in fields.items():
-                if name.startswith("model_fps:"):
-                    model_fps.add_metric([daemon, name.removeprefix("model_fps:")], _number(value))
+                for prefix, family in per_process.items():
+                    if name.startswith(prefix):
+                        family.add_metric([daemon, name.removeprefix(prefix)], _number(value))
             outages.add_metric([daemon], _number(fields.get("redis_outages")))
             for name, value in fields.items():
                 if name.startswith("restarts:"):
                     restarts.add_metric([daemon, name.removeprefix("restarts:")], _number(value))
         yield GaugeMetricFamily("vosd_daemons", "Daemons that published their load recently.", value=live)
-        yield from (running, capacity, outages, restarts, model_fps)
+        yield from (running, capacity, outages, restarts, model_fps, rss, gpu)
 
 
 def registry_for(ctx: ApiContext) -> CollectorRegistry:

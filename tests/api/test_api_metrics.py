@@ -108,5 +108,11 @@ def test_live_jobs_feed_a_latency_histogram_and_workers_their_model_fps(api: Api
         assert samples[("vosd_frame_latency_seconds_sum", (("job", job.id),))] > 0
         fps = [v for (name, _), v in samples.items() if name == "vosd_worker_model_fps"]
         assert fps and max(fps) > 0
+        rss = {
+            dict(labels)["process"]: value
+            for (name, labels), value in samples.items()
+            if name == "vosd_process_rss_bytes"
+        }
+        assert set(rss) == {"worker-0", "writer"} and min(rss.values()) > 10_000_000
         assert client.delete(f"/jobs/{job.id}").status_code in (200, 202)
         api.wait(client, job.id)
