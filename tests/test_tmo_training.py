@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,7 @@ from workers.training.tmo_trainer import lite_imagenet_network, train_tmo
 from workers.training.trainer import TrainingError, read_training_state
 
 SIDE = 64
+REPO = Path(__file__).resolve().parent.parent
 
 
 def square_frame(left: int, top: int = 20, size: int = 24, shape: tuple[int, int] = (72, 96)
@@ -178,3 +182,21 @@ def test_resuming_an_xmem_run_as_tmo_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="XMem run"):
         train_tmo(TMOTrainConfig(exp_id="x", output_dir=tmp_path, variant="lite", static_root=tmp_path,
                                  resume=True, device="cpu"))
+
+
+def test_two_gloo_processes_keep_identical_weights(tmp_path: Path) -> None:
+    stills, davis = write_data(tmp_path / "data")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "workers.training.trainer", "--method", "tmo", "--variant", "lite", "--static-root", str(stills),
+        "--davis-root", str(davis), "--iterations", "2", "--batch-size", "2", "--crop-size", str(SIDE),
+        "--input-size", str(SIDE), "--num-workers", "0", "--device", "cpu", "--log-every", "1",
+        "--output-dir", str(tmp_path), "--exp-id", "ddp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+                            check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "weights identical on 2 ranks" in output
+    assert len((tmp_path / "ddp" / "losses.csv").read_text().splitlines()) == 3, "only rank 0 writes the log"
+    assert load_network(tmp_path / "ddp" / "ddp.pth").variant == "lite"
