@@ -14,6 +14,8 @@ from workers.tmo.checkpoint import CheckpointError, save_checkpoint
 from workers.tmo.layouts import Layout
 from workers.tmo.network import LITE_DECODER_WIDTH, LITE_INPUT_SIZE, TMONetwork
 from workers.tmo.session import TMOSession
+from workers.training import weights
+from workers.training.weights import BUNDLED_TMO_MODEL, default_tmo_model_path
 from workers.xmem.backbones import LiteKeyEncoder
 
 
@@ -75,3 +77,28 @@ def test_session_segments_a_stream_with_the_lite_network() -> None:
     assert result.index_mask.shape == (50, 70) and result.index_mask.dtype == np.uint8
     assert set(np.unique(result.index_mask)) <= {0, 1}
     assert result.foreground.shape == (50, 70) and np.isfinite(result.foreground).all()
+
+
+def test_bundled_tmo_model_is_a_small_half_precision_lite_network() -> None:
+    path = default_tmo_model_path()
+    assert path == BUNDLED_TMO_MODEL and path.stat().st_size <= 40 * 2**20
+    state = torch.load(path, weights_only=True)
+    assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float16}
+    network = load_network(path)
+    assert network.variant == "lite" and network.input_size == LITE_INPUT_SIZE
+    # a brown, animal-sized blob on a plain grey gradient is the salient object (the model was trained on
+    # horses and DAVIS objects; a flat synthetic square is not something it learnt to pick)
+    rows, columns = np.mgrid[:240, :320]
+    blob = ((rows - 120) / 60) ** 2 + ((columns - 160) / 80) ** 2 < 1
+    frame = np.repeat(np.linspace(60, 120, 320)[None, :, None], 240, axis=0).repeat(3, axis=2).astype(np.uint8)
+    frame[blob] = (140, 90, 40)
+    result = TMOSession(network).step(frame)
+    assert result.foreground[100:140, 140:180].mean() > 0.5 > result.foreground[:40].mean()
+    iou = (result.index_mask.astype(bool) & blob).sum() / (result.index_mask.astype(bool) | blob).sum()
+    assert iou > 0.5
+
+
+def test_bundled_tmo_model_missing_says_to_pass_a_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(weights, "BUNDLED_TMO_MODEL", tmp_path / "none.pth")
+    with pytest.raises(weights.WeightsError, match="--model"):
+        weights.default_tmo_model_path()
