@@ -90,7 +90,8 @@ def test_bundled_tmo_model_is_a_small_half_precision_lite_network() -> None:
     # horses and DAVIS objects; a flat synthetic square is not something it learnt to pick)
     rows, columns = np.mgrid[:240, :320]
     blob = ((rows - 120) / 60) ** 2 + ((columns - 160) / 80) ** 2 < 1
-    frame = np.repeat(np.linspace(60, 120, 320)[None, :, None], 240, axis=0).repeat(3, axis=2).astype(np.uint8)
+    gradient = np.linspace(60, 120, 320)[None, :, None]
+    frame = np.repeat(gradient, 240, axis=0).repeat(3, axis=2).astype(np.uint8)
     frame[blob] = (140, 90, 40)
     result = TMOSession(network).step(frame)
     assert result.foreground[100:140, 140:180].mean() > 0.5 > result.foreground[:40].mean()
@@ -98,7 +99,8 @@ def test_bundled_tmo_model_is_a_small_half_precision_lite_network() -> None:
     assert iou > 0.5
 
 
-def test_bundled_tmo_model_missing_says_to_pass_a_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_bundled_tmo_model_missing_says_to_pass_a_model(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
     monkeypatch.setattr(weights, "BUNDLED_TMO_MODEL", tmp_path / "none.pth")
     with pytest.raises(weights.WeightsError, match="--model"):
         weights.default_tmo_model_path()

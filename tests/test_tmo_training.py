@@ -188,7 +188,8 @@ def test_two_gloo_processes_keep_identical_weights(tmp_path: Path) -> None:
     stills, davis = write_data(tmp_path / "data")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "workers.training.trainer", "--method", "tmo", "--variant", "lite", "--static-root", str(stills),
+        "-m", "workers.training.trainer", "--method", "tmo", "--variant", "lite",
+        "--static-root", str(stills),
         "--davis-root", str(davis), "--iterations", "2", "--batch-size", "2", "--crop-size", str(SIDE),
         "--input-size", str(SIDE), "--num-workers", "0", "--device", "cpu", "--log-every", "1",
         "--output-dir", str(tmp_path), "--exp-id", "ddp"]
