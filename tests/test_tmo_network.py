@@ -114,7 +114,7 @@ def test_bad_checkpoints_name_the_problem(tmp_path) -> None:
         load_network(tmp_path / "text.pth")
     with pytest.raises(CheckpointError, match="not a TMO checkpoint"):
         load_network({"key_encoder.conv1.weight": torch.zeros(1)})
-    with pytest.raises(CheckpointError, match="neither a ResNet-101 nor a MiT-b1"):
+    with pytest.raises(CheckpointError, match="no ResNet-101, MiT-b1 or lite"):
         load_network({"vos.app_encoder.something": torch.zeros(1)})
     broken = dict(state)
     del broken["vos.decoder.cbam2.conv3.0.conv.weight"]

@@ -51,7 +51,8 @@ def eval_command(
                                             "YouTube-VOS: the one holding valid/).")],
     output: Annotated[Path, typer.Option(help="Output folder; one folder of palette PNGs per sequence.")],
     model: Annotated[str | None, typer.Option(
-        help="XMem checkpoint file or registered weights name; default: the default model.")] = None,
+        help="XMem checkpoint file or registered weights name (default: the default model); with --method "
+             "tmo, a TMO checkpoint (default: the bundled vosd-tmo-lite.pth).")] = None,
     size: Annotated[int, typer.Option(help="Shorter side the frames are resized to; -1 keeps them.")] = 480,
     amp: Annotated[bool, typer.Option(help="Mixed precision (eval.py's default; off here for exact fp32).")]
     = False,
@@ -121,9 +122,13 @@ def eval_tmo(dataset: DatasetName, root: Path, output: Path, model: str | None, 
     from workers.tmo.checkpoint import CheckpointError
     from workers.tmo.flow import FlowConfig, FlowError, make_flow
     from workers.tmo.session import TMOSession
+    from workers.training.weights import WeightsError, default_tmo_model_path
 
     if model is None:
-        fail("--method tmo needs --model PATH (a TMO checkpoint); no TMO model is bundled yet")
+        try:
+            model = str(default_tmo_model_path())
+        except WeightsError as error:
+            fail(str(error))
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         sequences = load_unsupervised(dataset, root)

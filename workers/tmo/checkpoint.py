@@ -23,8 +23,11 @@ from workers.xmem.checkpoint import CheckpointError, as_state_dict, layout_probl
 VARIANT_MARKERS: dict[str, Variant] = {
     "app_encoder.conv1.weight": "rn101",
     "app_encoder.backbone.encoder.patch_embeddings.0.proj.weight": "mitb1",
+    "app_encoder.trunk.stem.0.weight": "lite",
 }
 """A key (in TMONetwork names) that only the given variant has."""
+DECODER_WIDTH_KEY = "decoder.predictor.conv.weight"
+"""(2, width, 3, 3): the decoder's width, which the lite variant may choose."""
 CONSTANT_BUFFERS = ("mean", "std")
 
 __all__ = ["CheckpointError", "load_network", "read_checkpoint", "save_checkpoint"]
@@ -49,7 +52,7 @@ def network_state(state: Mapping[str, Tensor], source: str) -> tuple[dict[str, T
     variant = next((v for key, v in VARIANT_MARKERS.items() if key in renamed), None)
     if variant is None:
         raise CheckpointError(
-            f"{source} ({layout.describe()}) holds neither a ResNet-101 nor a MiT-b1 appearance encoder: "
+            f"{source} ({layout.describe()}) holds no ResNet-101, MiT-b1 or lite appearance encoder: "
             f"one of {[checkpoint_key(key, layout) for key in VARIANT_MARKERS]} is needed")
     return renamed, variant, layout
 
@@ -60,9 +63,19 @@ def may_be_absent(key: str) -> bool:
     return (len(parts) == 2 and parts[1] in CONSTANT_BUFFERS) or parts[-1] == "num_batches_tracked"
 
 
-def load_network(path_or_state_dict: str | Path | Mapping[str, Tensor],
-                 device: str | torch.device = "cpu") -> TMONetwork:
+def decoder_width(state: Mapping[str, Tensor], variant: Variant) -> int | None:
+    """The lite decoder's width read from the predictor (None: the variant's fixed width)."""
+    predictor = state.get(DECODER_WIDTH_KEY)
+    if variant != "lite" or predictor is None or predictor.dim() != 4:
+        return None
+    return int(predictor.shape[1])
+
+
+def load_network(path_or_state_dict: str | Path | Mapping[str, Tensor], device: str | torch.device = "cpu",
+                 *, input_size: int | None = None) -> TMONetwork:
     """Build the variant the checkpoint holds, load it strictly and return it in eval mode on `device`.
+
+    `input_size` overrides the variant's square input side (384, or 224 for lite; less is faster).
 
     Example:
         >>> from workers.tmo import load_network
@@ -70,7 +83,7 @@ def load_network(path_or_state_dict: str | Path | Mapping[str, Tensor],
     """
     state, source = read_checkpoint(path_or_state_dict)
     renamed, variant, layout = network_state(state, source)
-    network = TMONetwork(variant)
+    network = TMONetwork(variant, input_size=input_size, decoder_width=decoder_width(renamed, variant))
     expected = network.state_dict()
     for key, tensor in expected.items():
         if may_be_absent(key):

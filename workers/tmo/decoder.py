@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 WIDTH = 256
-"""Channels of every decoder stage."""
+"""Channels of every decoder stage in TMO (the lite variant uses fewer)."""
 SPATIAL_HIDDEN = 16
 """Channels between the two 3x3 convs of the spatial attention."""
 CLASSES = 2
@@ -57,19 +57,19 @@ def upsample(x: Tensor, factor: int) -> Tensor:
 class Decoder(nn.Module):
     """Fused features [s4, s8, s16, s32] -> (B, 2, H, W) logits at the encoders' input size."""
 
-    def __init__(self, in_dims: tuple[int, int, int, int]) -> None:
+    def __init__(self, in_dims: tuple[int, int, int, int], width: int = WIDTH) -> None:
         super().__init__()
         s4, s8, s16, s32 = in_dims
-        self.conv1 = ConvLayer(s32, WIDTH, 1, relu=True)
-        self.conv2 = ConvLayer(s16, WIDTH, 1, relu=True)
-        self.conv3 = ConvLayer(s8, WIDTH, 1, relu=True)
-        self.conv4 = ConvLayer(s4, WIDTH, 1, relu=True)
-        self.blend1 = ConvLayer(WIDTH, WIDTH, 3, relu=True)
-        self.blend2 = ConvLayer(2 * WIDTH, WIDTH, 3, relu=True)
-        self.blend3 = ConvLayer(2 * WIDTH, WIDTH, 3, relu=True)
-        self.blend4 = ConvLayer(2 * WIDTH, WIDTH, 3, relu=True)
-        self.cbam1, self.cbam2, self.cbam3, self.cbam4 = (CBAM(WIDTH) for _ in range(4))
-        self.predictor = ConvLayer(WIDTH, CLASSES, 3, relu=False)
+        self.conv1 = ConvLayer(s32, width, 1, relu=True)
+        self.conv2 = ConvLayer(s16, width, 1, relu=True)
+        self.conv3 = ConvLayer(s8, width, 1, relu=True)
+        self.conv4 = ConvLayer(s4, width, 1, relu=True)
+        self.blend1 = ConvLayer(width, width, 3, relu=True)
+        self.blend2 = ConvLayer(2 * width, width, 3, relu=True)
+        self.blend3 = ConvLayer(2 * width, width, 3, relu=True)
+        self.blend4 = ConvLayer(2 * width, width, 3, relu=True)
+        self.cbam1, self.cbam2, self.cbam3, self.cbam4 = (CBAM(width) for _ in range(4))
+        self.predictor = ConvLayer(width, CLASSES, 3, relu=False)
 
     def forward(self, features: list[Tensor]) -> Tensor:
         s4, s8, s16, s32 = features

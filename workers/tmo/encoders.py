@@ -12,6 +12,7 @@ import torchvision
 from torch import Tensor, nn
 
 from workers.tmo.mit import MiT
+from workers.xmem.backbones import LITE_DIMS, LITE_STRIDE32_DIM, LiteKeyEncoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -19,6 +20,8 @@ RESNET_DIMS = (256, 512, 1024, 2048)
 """Channels of ResNet-101 layer1..layer4 (strides 4..32)."""
 MIT_DIMS = (64, 128, 320, 512)
 """Channels of the four MiT-b1 stages (strides 4..32)."""
+LITE_ENCODER_DIMS = (LITE_DIMS[2], LITE_DIMS[1], LITE_DIMS[0], LITE_STRIDE32_DIM)
+"""Channels of the EfficientNet-Lite0 trunk at strides 4..32: 24, 40, 112, 320."""
 
 
 class NormalisingEncoder(nn.Module):
@@ -66,3 +69,23 @@ class MiTB1Encoder(NormalisingEncoder):
     def forward(self, image: Tensor) -> list[Tensor]:
         """image (B, 3, H, W) in [0, 1] -> [s4 (64), s8 (128), s16 (320), s32 (512)]."""
         return self.backbone(self.normalise(image))
+
+
+class LiteEncoder(NormalisingEncoder):
+    """vosd's CPU encoder: the EfficientNet-Lite0 trunk of XMem's lite key encoder, down to stride 32.
+
+    The trunk's stem expects ImageNet-normalised input (workers/training/pretrained.py folds the ImageNet
+    weights' own [-1, 1] scaling into it), which is what `normalise` produces.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = LiteKeyEncoder(stride32=True)
+
+    def forward(self, image: Tensor) -> list[Tensor]:
+        """image (B, 3, H, W) in [0, 1] -> [s4 (24), s8 (40), s16 (112), s32 (320)]."""
+        trunk = self.trunk
+        s4 = trunk.stride4(trunk.stride2(trunk.stem(self.normalise(image))))
+        s8 = trunk.stride8(s4)
+        s16 = trunk.stride16(s8)
+        return [s4, s8, s16, trunk.stride32(s16)]

@@ -16,13 +16,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workers.tmo.decoder import Decoder
-from workers.tmo.encoders import MIT_DIMS, RESNET_DIMS, MiTB1Encoder, ResNet101Encoder
+from workers.tmo.decoder import WIDTH, Decoder
+from workers.tmo.encoders import (
+    LITE_ENCODER_DIMS,
+    MIT_DIMS,
+    RESNET_DIMS,
+    LiteEncoder,
+    MiTB1Encoder,
+    NormalisingEncoder,
+    ResNet101Encoder,
+)
 
-Variant = Literal["rn101", "mitb1"]
+Variant = Literal["rn101", "mitb1", "lite"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
 INPUT_SIZE = 384
-"""Side of the square both inputs are resized to."""
+"""Side of the square both inputs are resized to (TMO's)."""
+LITE_INPUT_SIZE = 224
+"""The lite variant's default side: its cost grows with the area, and the bundled model was trained at it."""
+LITE_DECODER_WIDTH = 64
+"""Decoder channels of the lite variant: at stride 4, TMO's 256 would cost more than both encoders."""
+ENCODERS: dict[str, tuple[type[NormalisingEncoder], tuple[int, int, int, int]]] = {
+    "rn101": (ResNet101Encoder, RESNET_DIMS),
+    "mitb1": (MiTB1Encoder, MIT_DIMS),
+    "lite": (LiteEncoder, LITE_ENCODER_DIMS),
+}
 CONFIDENCE_THRESHOLD = 0.1
 """AOS confidence: the L2 norm of (0.1 - p) over the softmax entries p below 0.1."""
 
@@ -59,19 +76,23 @@ def confidence(probabilities: Tensor) -> Tensor:
 class TMONetwork(nn.Module):
     """Appearance encoder, motion encoder (same kind, separate weights) and decoder.
 
-    `input_size` is the square side inputs are resized to: 384 as in TMO; tests use less to run faster.
+    Variants: TMO's `rn101` and `mitb1`, and vosd's `lite` (EfficientNet-Lite0 encoders, a narrower decoder;
+    made to run and train on a CPU). `input_size` is the square side inputs are resized to (default: 384
+    for TMO's variants, 224 for lite; less runs faster). `decoder_width` defaults to the variant's.
     """
 
-    def __init__(self, variant: Variant = "rn101", *, input_size: int = INPUT_SIZE) -> None:
+    def __init__(self, variant: Variant = "rn101", *, input_size: int | None = None,
+                 decoder_width: int | None = None) -> None:
         super().__init__()
-        self.input_size = input_size
         if variant not in VARIANTS:
             raise ValueError(f"unknown TMO variant {variant!r}; expected one of {list(VARIANTS)}")
+        lite = variant == "lite"
+        self.input_size = input_size or (LITE_INPUT_SIZE if lite else INPUT_SIZE)
         self.variant = variant
-        encoder = ResNet101Encoder if variant == "rn101" else MiTB1Encoder
+        encoder, dims = ENCODERS[variant]
         self.app_encoder = encoder()
         self.mo_encoder = encoder()
-        self.decoder = Decoder(RESNET_DIMS if variant == "rn101" else MIT_DIMS)
+        self.decoder = Decoder(dims, decoder_width or (LITE_DECODER_WIDTH if lite else WIDTH))
 
     def forward(self, *args: object, **kwargs: object) -> None:
         raise RuntimeError("TMONetwork has no forward; call segment(image, motion)")

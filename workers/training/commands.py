@@ -12,11 +12,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from workers.training.config import VARIANTS, TrainConfig
+
+if TYPE_CHECKING:
+    from workers.training.tmo_config import TMOTrainConfig
+
+TMO_VARIANTS = ("rn101", "mitb1", "lite")
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +41,16 @@ def split_names(values: list[str] | None) -> tuple[str, ...]:
 
 
 def train_command(
+    method: Annotated[str, typer.Option(
+        help="xmem (semi-supervised, stages 0-3) or tmo (unsupervised: stills + video frames with flow).")]
+    = "xmem",
     stage: Annotated[str, typer.Option(
         help="Stages to run in order: 0 static, 1 synthetic, 2/3 video; e.g. 03.")] = "03",
     exp_id: Annotated[str, typer.Option(help="Experiment name; outputs go to OUTPUT_DIR/EXP_ID.")] = "run",
     variant: Annotated[str, typer.Option(
-        help="official (ResNet-50, released layout), small (ResNet-18) or lite (ImageNet EfficientNet-Lite0 "
-             "key encoder; trains best on a CPU).")] = "official",
+        help="XMem: official (ResNet-50, released layout), small (ResNet-18) or lite (ImageNet "
+             "EfficientNet-Lite0 key encoder; trains best on a CPU). TMO: official or rn101 (ResNet-101), "
+             "mitb1 or lite (ImageNet EfficientNet-Lite0 encoders; for CPUs).")] = "official",
     load_network: Annotated[Path | None, typer.Option(help="Start from this plain state dict.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run saved in OUTPUT_DIR/EXP_ID.")] = False,
     davis_root: Annotated[Path | None, typer.Option(
@@ -52,7 +61,8 @@ def train_command(
     = None,
     yv_root: Annotated[Path | None, typer.Option(help="YouTube-VOS training folder.")] = None,
     static_root: Annotated[Path | None, typer.Option(
-        help="Images with same-name PNG masks for stage 0; without it, synthetic stills.")] = None,
+        help="Images with same-name PNG masks (or images/ + masks/) for XMem's stage 0 (default: synthetic "
+             "stills) and TMO's still part.")] = None,
     held_out: Annotated[list[str] | None, typer.Option(
         help="Sequences never trained on (names, comma lists or a file); repeatable.")] = None,
     iterations: Annotated[int | None, typer.Option(
@@ -64,7 +74,11 @@ def train_command(
     freeze: Annotated[list[str] | None, typer.Option(
         help="Parameter-name prefixes to keep fixed, e.g. key_encoder.stem (comma lists; repeatable).")]
     = None,
-    crop_size: Annotated[int, typer.Option(help="Square training crop (XMem: 384).")] = 384,
+    crop_size: Annotated[int, typer.Option(help="Square training crop (XMem and TMO: 384).")] = 384,
+    input_size: Annotated[int | None, typer.Option(
+        help="TMO: the network's square input side (default 384; lite 224).")] = None,
+    vflip_prob: Annotated[float, typer.Option(
+        help="TMO: chance of a vertical flip (TMO: 0.5; upside-down scenes are rare in video).")] = 0.5,
     num_workers: Annotated[int, typer.Option(help="Data loader processes over all ranks.")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
@@ -78,8 +92,35 @@ def train_command(
     config_file: Annotated[Path | None, typer.Option(
         hidden=True, help="A saved TrainConfig (JSON).")] = None,
 ) -> None:
-    """Train XMem in stages (XMem's recipe); checkpoints load with workers.xmem.checkpoint.load_network."""
+    """Train XMem in stages (XMem's recipe) or TMO (--method tmo); checkpoints load with the engine's
+    load_network."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if method == "tmo":
+        from workers.training.tmo_config import TMOTrainConfig
+
+        if config_file is not None:
+            tmo_config = TMOTrainConfig.from_dict(json.loads(config_file.read_text()))
+        else:
+            tmo_variant = "rn101" if variant == "official" else variant
+            if tmo_variant not in TMO_VARIANTS:
+                raise typer.BadParameter(f"TMO variant must be one of official, {', '.join(TMO_VARIANTS)}")
+            recipe = {name: value for name, value in (("iterations", iterations), ("batch_size", batch_size),
+                                                      ("lr", lr)) if value is not None}
+            try:
+                tmo_config = TMOTrainConfig(
+                    exp_id=exp_id, output_dir=output_dir, variant=tmo_variant,  # type: ignore[arg-type]
+                    load_network=load_network, resume=resume, static_root=static_root, davis_root=davis_root,
+                    davis_include=split_names(davis_include) or None, held_out=split_names(held_out),
+                    crop_size=crop_size, input_size=input_size, vflip_prob=vflip_prob,
+                    frozen=split_names(freeze),
+                    num_workers=num_workers, device=device, amp=amp, log_every=log_every,
+                    save_every=save_every, seed=seed, **recipe)
+            except ValueError as error:
+                raise typer.BadParameter(str(error)) from error
+        run_training(tmo_config, nproc_per_node, "tmo")
+        return
+    if method != "xmem":
+        raise typer.BadParameter(f"method must be xmem or tmo, not {method!r}")
     if config_file is not None:
         config = TrainConfig.from_dict(json.loads(config_file.read_text()))
     else:
@@ -97,12 +138,22 @@ def train_command(
             )
         except ValueError as error:
             raise typer.BadParameter(str(error)) from error
+    run_training(config, nproc_per_node, "xmem")
+
+
+def run_training(config: TrainConfig | TMOTrainConfig, nproc_per_node: int, method: str) -> None:
+    """Train here, or launch torch.distributed.run when more processes are asked for and none runs yet."""
     if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        raise typer.Exit(launch_distributed(config, nproc_per_node))
+        raise typer.Exit(launch_distributed(config, nproc_per_node, method))
     from workers.training.trainer import TrainingError, train
 
     try:
-        final = train(config)
+        if method == "tmo":
+            from workers.training.tmo_trainer import train_tmo
+
+            final = train_tmo(config)  # type: ignore[arg-type]
+        else:
+            final = train(config)  # type: ignore[arg-type]
     except TrainingError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error
@@ -110,14 +161,14 @@ def train_command(
         typer.echo(f"final weights: {final}")
 
 
-def launch_distributed(config: TrainConfig, processes: int) -> int:
+def launch_distributed(config: TrainConfig | TMOTrainConfig, processes: int, method: str = "xmem") -> int:
     """Run the trainer under torch.distributed.run on this machine; returns its exit code."""
     folder = config.experiment_dir
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / LAUNCH_FILE
     config_path.write_text(json.dumps(config.to_dict(), indent=2))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "workers.training.trainer", "--config-file", str(config_path)]
+               "-m", "workers.training.trainer", "--method", method, "--config-file", str(config_path)]
     log.info("launching: %s", " ".join(command))
     return subprocess.run(command, check=False).returncode
 

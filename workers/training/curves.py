@@ -95,6 +95,11 @@ def plot_curves(csv_path: Path, png_path: Path) -> Path:
     return png_path
 
 
+def plotted(rows: list[LossRow]) -> list[str]:
+    """The losses a run logs: a TMO run has no dice term (its column stays 0), so that line is left out."""
+    return [name for name in PLOTTED if name == "loss" or any(getattr(row, name) for row in rows)]
+
+
 def stage_starts(rows: list[LossRow]) -> list[tuple[int, str]]:
     """(step, stage) where each stage's rows begin, to mark stage boundaries."""
     starts = []
@@ -109,7 +114,7 @@ def draw_with_matplotlib(rows: list[LossRow], png_path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(9, 4.5))
     steps = [row.step for row in rows]
-    for name in PLOTTED:
+    for name in plotted(rows):
         axis.plot(steps, [getattr(row, name) for row in rows], label=name,
                   color=tuple(c / 255 for c in COLOURS[name]))
     for step, stage in stage_starts(rows)[1:]:
@@ -131,7 +136,7 @@ def draw_with_pil(rows: list[LossRow], png_path: Path, size: tuple[int, int] = (
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     steps = [row.step for row in rows]
-    values = [getattr(row, name) for row in rows for name in PLOTTED]
+    values = [getattr(row, name) for row in rows for name in plotted(rows)]
     x0, x1 = min(steps), max(max(steps), min(steps) + 1)
     y0, y1 = min(0.0, min(values)), max(values) or 1.0
 
@@ -151,7 +156,7 @@ def draw_with_pil(rows: list[LossRow], png_path: Path, size: tuple[int, int] = (
         for y in range(top, height - bottom, 6):
             draw.line([x, y, x, y + 2], fill="grey")
         draw.text((x + 2, top + 2), f"s{stage}", fill="grey")
-    for index, name in enumerate(PLOTTED):
+    for index, name in enumerate(plotted(rows)):
         line = [point(row.step, getattr(row, name)) for row in rows]
         if len(line) > 1:
             draw.line(line, fill=COLOURS[name], width=2)

