@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -104,8 +104,11 @@ def train_command(
             tmo_variant = "rn101" if variant == "official" else variant
             if tmo_variant not in TMO_VARIANTS:
                 raise typer.BadParameter(f"TMO variant must be one of official, {', '.join(TMO_VARIANTS)}")
-            recipe = {name: value for name, value in (("iterations", iterations), ("batch_size", batch_size),
-                                                      ("lr", lr)) if value is not None}
+            recipe: dict[str, Any] = {
+                name: value
+                for name, value in (("iterations", iterations), ("batch_size", batch_size), ("lr", lr))
+                if value is not None
+            }
             try:
                 tmo_config = TMOTrainConfig(
                     exp_id=exp_id, output_dir=output_dir, variant=tmo_variant,  # type: ignore[arg-type]

@@ -83,7 +83,8 @@ class Geometry:
 
 def draw_geometry(height: int, width: int, params: TMOAugmentation, rng: np.random.Generator) -> Geometry:
     """A crop around the inference window's size with the frame's aspect (jittered), and flips."""
-    scale = tuple(min(1.0, params.window * s) for s in params.crop_scale)
+    low, high = params.crop_scale
+    scale = (min(1.0, params.window * low), min(1.0, params.window * high))
     aspect = width / height
     box = crop_box(height, width, scale, (aspect * ASPECT_JITTER[0], aspect * ASPECT_JITTER[1]), rng)
     return Geometry(box, bool(rng.random() < params.hflip_prob), bool(rng.random() < params.vflip_prob))
@@ -161,7 +162,7 @@ class TMOMixDataset(Dataset):
         assert self.stills is not None
         image, mask = self.stills(int(rng.integers(len(self.stills))), rng)
         size = self.augmentation.crop_size
-        geometry = draw_geometry(*mask.shape, self.augmentation, rng)
+        geometry = draw_geometry(mask.shape[0], mask.shape[1], self.augmentation, rng)
         image = crop(image, geometry, size, image_interpolation(geometry, size))
         return to_sample(image, image, crop(mask, geometry, size, cv2.INTER_NEAREST), False)
 
@@ -176,7 +177,7 @@ class TMOMixDataset(Dataset):
         flow = self._flow(previous, current)
         size = self.augmentation.crop_size
         for _ in range(CROP_TRIALS):
-            geometry = draw_geometry(*mask.shape, self.augmentation, rng)
+            geometry = draw_geometry(mask.shape[0], mask.shape[1], self.augmentation, rng)
             cropped_mask = crop(mask, geometry, size, cv2.INTER_NEAREST)
             if np.count_nonzero(cropped_mask) >= MIN_OBJECT_PIXELS:
                 break

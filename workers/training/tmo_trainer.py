@@ -74,8 +74,10 @@ def lite_imagenet_network(input_size: int | None) -> TMONetwork:
     except PretrainedWeightsError as error:
         raise TrainingError(str(error)) from error
     network = TMONetwork("lite", input_size=input_size)
-    network.app_encoder.trunk.load_state_dict(trunk, strict=True)
-    network.mo_encoder.trunk.load_state_dict(trunk, strict=True)
+    for encoder in (network.app_encoder, network.mo_encoder):
+        module = encoder.trunk
+        assert isinstance(module, torch.nn.Module)
+        module.load_state_dict(trunk, strict=True)
     return network
 
 
