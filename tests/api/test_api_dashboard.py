@@ -5,8 +5,10 @@ JavaScript error on the page fails the test."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,8 +36,7 @@ def test_dashboard_submits_watches_and_draws_a_mask(api: Api) -> None:
         page.set_input_files("#video", str(api.media / "shapes.mp4"))
         page.set_input_files("#mask", str(api.media / "first.png"))
         page.click("#submit-button")
-        expect(page.locator("#message")).to_contain_text("queued", timeout=30_000)
-        uploaded = page.locator("#message").inner_text().split()[1]
+        uploaded = _queued_job(page, expect, previous=None)
         expect(page.locator(f'tr[data-id="{uploaded}"] .state')).to_have_text("done", timeout=120_000)
 
         page.set_input_files("#video", [])
@@ -54,8 +55,7 @@ def test_dashboard_submits_watches_and_draws_a_mask(api: Api) -> None:
         page.click("#close-polygon")
         page.fill("#max-frames", "8")
         page.click("#submit-button")
-        expect(page.locator("#message")).not_to_contain_text(uploaded, timeout=30_000)
-        drawn = page.locator("#message").inner_text().split()[1]
+        drawn = _queued_job(page, expect, previous=uploaded)
         expect(page.locator(f'tr[data-id="{drawn}"] .state')).to_have_text("done", timeout=120_000)
         with api.client() as client:
             job = client.get(f"/jobs/{drawn}").json()
@@ -65,8 +65,7 @@ def test_dashboard_submits_watches_and_draws_a_mask(api: Api) -> None:
         page.fill("#source", str(api.media / "long.mp4"))
         page.set_input_files("#mask", str(api.media / "long-first.png"))
         page.click("#submit-button")
-        expect(page.locator("#message")).not_to_contain_text(drawn, timeout=30_000)
-        long = page.locator("#message").inner_text().split()[1]
+        long = _queued_job(page, expect, previous=drawn)
         page.locator(f'tr[data-id="{long}"] button.preview').click(timeout=60_000)
         page.wait_for_function("document.getElementById('preview').naturalWidth > 0", timeout=30_000)
         page.screenshot(path=str(ROOT / "docs" / "dashboard.png"), full_page=True)
@@ -74,3 +73,14 @@ def test_dashboard_submits_watches_and_draws_a_mask(api: Api) -> None:
         expect(page.locator(f'tr[data-id="{long}"] .state')).to_have_text("cancelled", timeout=60_000)
         browser.close()
         assert errors == []
+
+
+def _queued_job(page: Any, expect: Any, *, previous: str | None) -> str:
+    """The id in the page's "Job ID queued." message for the submission just made: other messages (hints
+    such as "Click around each object...") and the previous job's message are waited out."""
+    other = "" if previous is None else rf"(?!{re.escape(previous)} )"
+    pattern = re.compile(rf"^Job {other}(\w+) queued\.$")
+    expect(page.locator("#message")).to_have_text(pattern, timeout=30_000)
+    found = pattern.match(page.locator("#message").inner_text())
+    assert found is not None
+    return found.group(1)
