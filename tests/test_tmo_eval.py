@@ -99,9 +99,10 @@ def test_eval_command_runs_tmo_on_davis(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "1 sequences, 2 frames (1 with flow)" in result.output
     assert sorted(p.name for p in (tmp_path / "out" / "blob").iterdir()) == ["00000.png", "00001.png"]
-    missing = runner.invoke(app, ["eval", "--method", "tmo", "--dataset", "D16", "--root", str(root),
-                                  "--output", str(tmp_path / "o2")])
-    assert missing.exit_code == 2 and "--model PATH" in missing.output
+    bundled = runner.invoke(app, ["eval", "--method", "tmo", "--dataset", "D16", "--root", str(root),
+                                  "--output", str(tmp_path / "o2"), "--flow", "none", "--device", "cpu"])
+    assert bundled.exit_code == 0, bundled.output  # no --model: the bundled lite model
+    assert sorted(p.name for p in (tmp_path / "o2" / "blob").iterdir()) == ["00000.png", "00001.png"]
     raft = runner.invoke(app, ["eval", "--method", "tmo", "--model", str(checkpoint), "--dataset", "D16",
                                "--root", str(root), "--output", str(tmp_path / "o3"), "--flow", "raft"])
     assert raft.exit_code == 2 and "--raft-weights" in raft.output
