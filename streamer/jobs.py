@@ -391,30 +391,16 @@ if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 'cancel_re
 return 'ok'
 """
 
-# KEYS[1] job hash. ARGV[1] now. Returns the state after the call.
-_CANCEL = """
+# KEYS[1] job hash. ARGV[1] now, ARGV[2] the flag to raise (cancel_requested or stop_requested), ARGV[3] the
+# error of a job that was still queued (it is cancelled at once). Returns the state after the call.
+_REQUEST = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
 if state == 'queued' then
-  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'cancel_requested', '1', 'finished_at', ARGV[1],
-             'error', 'cancelled while queued')
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', ARGV[2], '1', 'finished_at', ARGV[1], 'error', ARGV[3])
   return 'cancelled'
 end
-if state == 'running' then redis.call('HSET', KEYS[1], 'cancel_requested', '1') end
-return state
-"""
-
-
-# KEYS[1] job hash. ARGV[1] now. Returns the state after the call.
-_STOP = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 'missing' end
-if state == 'queued' then
-  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'stop_requested', '1', 'finished_at', ARGV[1],
-             'error', 'stopped while queued: nothing was produced')
-  return 'cancelled'
-end
-if state == 'running' then redis.call('HSET', KEYS[1], 'stop_requested', '1') end
+if state == 'running' then redis.call('HSET', KEYS[1], ARGV[2], '1') end
 return state
 """
 
@@ -449,8 +435,7 @@ class JobQueue:
         self._submit = client.register_script(_SUBMIT)
         self._transition = client.register_script(_TRANSITION)
         self._heartbeat = client.register_script(_HEARTBEAT)
-        self._cancel = client.register_script(_CANCEL)
-        self._stop = client.register_script(_STOP)
+        self._request = client.register_script(_REQUEST)
         try:
             client.xgroup_create(self.keys.queue, self.keys.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -579,15 +564,16 @@ class JobQueue:
 
     def cancel(self, job_id: str) -> JobState:
         """Cancel a job: a queued one at once, a running one by flagging it for its holder."""
-        result = self._cancel(keys=[self.keys.job(job_id)], args=[repr(time.time())])
-        if result == "missing":
-            raise JobNotFound(job_id)
-        return JobState(result)
+        return self._raise_flag(job_id, "cancel_requested", "cancelled while queued")
 
     def stop(self, job_id: str) -> JobState:
         """End a job early, keeping what it produced: a running one by flagging it for its holder (it
         becomes DONE with ``stopped_early``); a queued one produced nothing and is cancelled at once."""
-        result = self._stop(keys=[self.keys.job(job_id)], args=[repr(time.time())])
+        return self._raise_flag(job_id, "stop_requested", "stopped while queued: nothing was produced")
+
+    def _raise_flag(self, job_id: str, flag: str, queued_error: str) -> JobState:
+        """Flag a running job for its holder; a queued one is cancelled at once with `queued_error`."""
+        result = self._request(keys=[self.keys.job(job_id)], args=[repr(time.time()), flag, queued_error])
         if result == "missing":
             raise JobNotFound(job_id)
         return JobState(result)
