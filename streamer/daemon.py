@@ -43,6 +43,10 @@ the median and 95th percentile over the last `LATENCY_WINDOW` frames go into the
 States: a job here is WAITING (for a ready worker: new, or re-run after a crash), RUNNING (decoder up),
 SETTLING (stopping; waiting for the writer's answer), or STOPPING (Redis updated, waiting for its
 decoder to exit). A child is STARTING until its first heartbeat, then READY.
+
+Size: over 1,000 lines, to be split (structure issue #12) into the job lifecycle with its transition
+table, child-process supervision, and settings; kept whole this stop so the reliability fixes stayed one
+reviewable change.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ then raises :class:`TruncatedSourceError` (a ``SourceError``), so a batch job *f
 frame N of M" instead of finishing with outputs that look complete. The caller has seen frames 0..N-1
 and may keep them (``frames_decoded`` says how many). Only containers that announce their length (MP4
 sample tables, Matroska/WebM durations) can be detected; a cut MPEG-TS file simply ends.
+
+Size: PyAV sources, OpenCV cameras and the reconnect policy; to become a package per source kind
+(structure issue #12).
 """
 
 from __future__ import annotations

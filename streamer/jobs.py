@@ -39,6 +39,9 @@ Wiring in the worker process::
 The CLI uses `submit`, `get`, `list_jobs`, `cancel`, `stop` and `dead_letters` on the same class. `stop`
 asks the holder to end a running job early and keep its outputs (DONE with ``stopped_early``); `cancel`
 discards them.
+
+Size: the Lua scripts and the Python that calls them must change together (one script per transition),
+so the queue protocol stays in one module; the job record and daemon-load types may move out (issue #12).
 """
 
 from __future__ import annotations

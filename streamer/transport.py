@@ -66,6 +66,9 @@ Wiring, in the order a job runs::
 
 Malformed messages never raise out of `receive`: they are logged, counted in ``rejected`` and skipped.
 Sockets are not thread-safe; each process (or thread) makes its own from its own ``zmq.Context``.
+
+Size: sender, inbox and collector share the credit protocol and its constants; a split into a frame
+channel and a results channel is planned with the structure issue (#12).
 """
 
 from __future__ import annotations
