@@ -36,9 +36,10 @@ import numpy as np
 import psutil
 import zmq
 
+from streamer.config import TransportConfig, WorkersConfig
 from streamer.decoder import DecoderSettings, run_decoder
 from streamer.messages import EndOfStream, ErrorMessage, Heartbeat, Progress, Shutdown
-from streamer.transport import QueueSettings, ResultCollector, ResultSender, send_control
+from streamer.transport import ResultCollector, ResultSender, send_control
 from streamer.writer_process import WriterSettings, run_writer
 from workers.worker import WorkerSettings, run_worker
 
@@ -69,7 +70,8 @@ class Pipeline:
 
     def __init__(self, directory: Path, args: argparse.Namespace, checkpoint: Path) -> None:
         self.directory = directory
-        self.queues = QueueSettings()
+        self.transport = TransportConfig()
+        self.queues = self.transport.queues()
         self.context = zmq.Context()
         self.events = ResultCollector(self.context, f"ipc://{directory}/events.sock", self.queues)
         self.writer_endpoint = f"ipc://{directory}/writer.sock"
@@ -77,7 +79,7 @@ class Pipeline:
         self.writer_tx = ResultSender(self.context, self.writer_endpoint, self.queues)
         self.args = args
         writer = WriterSettings(
-            self.writer_endpoint, self.events.endpoint, self.queues, progress_interval_s=0.0
+            self.writer_endpoint, self.events.endpoint, self.transport, progress_interval_s=0.0
         )
         worker = WorkerSettings(
             name="worker-0",
@@ -86,8 +88,8 @@ class Pipeline:
             inbox_endpoint=self.worker_endpoint,
             writer_endpoint=self.writer_endpoint,
             events_endpoint=self.events.endpoint,
-            queues=self.queues,
-            size=args.size,
+            transport=self.transport,
+            workers=WorkersConfig(size=args.size),
             threads=args.threads if args.worker_threads is None else args.worker_threads,
         )
         self.processes = {
@@ -118,7 +120,8 @@ class Pipeline:
             worker_endpoint=self.worker_endpoint,
             writer_endpoint=self.writer_endpoint,
             events_endpoint=self.events.endpoint,
-            queues=self.queues,
+            max_objects=WorkersConfig().max_objects,
+            transport=self.transport,
             outputs={"dir": str(self.directory / job_id)},
             max_frames=max_frames,
         )

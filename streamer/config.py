@@ -40,7 +40,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class RedisSettings(_Section):
+class RedisConfig(_Section):
     """Where job records live and how the job queue recovers from dead workers."""
 
     url: str = Field(
@@ -66,13 +66,13 @@ class RedisSettings(_Section):
     )
 
     @model_validator(mode="after")
-    def _heartbeat_within_lease(self) -> RedisSettings:
+    def _heartbeat_within_lease(self) -> RedisConfig:
         if self.heartbeat_interval_s * 3 > self.visibility_timeout_s:
             raise ValueError("heartbeat_interval_s must be at most a third of visibility_timeout_s")
         return self
 
 
-class TransportSettings(_Section):
+class TransportConfig(_Section):
     """ZeroMQ endpoints and queue sizes. Queues count frames (at the source resolution), not messages."""
 
     worker_endpoint: str = Field(
@@ -119,7 +119,7 @@ class TransportSettings(_Section):
         )
 
 
-class SourceSettings(_Section):
+class SourcesConfig(_Section):
     """How sources are opened and how live ones recover."""
 
     open_timeout_s: float = Field(default=10.0, gt=0, description="Seconds to open a file, stream or camera.")
@@ -145,13 +145,13 @@ class SourceSettings(_Section):
     )
 
     @model_validator(mode="after")
-    def _delays_ordered(self) -> SourceSettings:
+    def _delays_ordered(self) -> SourcesConfig:
         if self.reconnect_max_delay_s < self.reconnect_initial_delay_s:
             raise ValueError("reconnect_max_delay_s must be at least reconnect_initial_delay_s")
         return self
 
 
-class WorkerSettings(_Section):
+class WorkersConfig(_Section):
     """Worker processes: one per device, each holding several jobs."""
 
     devices: list[str] = Field(
@@ -195,7 +195,7 @@ _XMEM = InferenceConfig()
 """XMem's defaults come from the engine's InferenceConfig, which also validates the combination."""
 
 
-class XMemSettings(_Section):
+class XMemConfig(_Section):
     """XMem inference options, with XMem's official names and defaults (see workers.xmem.config)."""
 
     mem_every: int = Field(
@@ -232,7 +232,7 @@ class XMemSettings(_Section):
     )
 
     @model_validator(mode="after")
-    def _valid_for_the_engine(self) -> XMemSettings:
+    def _valid_for_the_engine(self) -> XMemConfig:
         self.inference_config()
         return self
 
@@ -241,7 +241,7 @@ class XMemSettings(_Section):
         return InferenceConfig(**self.model_dump())
 
 
-class WriterSettings(_Section):
+class WriterConfig(_Section):
     """What the writer produces for each job."""
 
     overlay_alpha: float = Field(
@@ -262,7 +262,7 @@ class WriterSettings(_Section):
 
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
-"""Hosts reachable only from this machine; listening anywhere else requires `HttpSettings.token`."""
+"""Hosts reachable only from this machine; listening anywhere else requires `HttpConfig.token`."""
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -277,7 +277,7 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host, port
 
 
-class HttpSettings(_Section):
+class HttpConfig(_Section):
     """The HTTP API, dashboard and metrics of `vosd serve` (streamer/api); off while `listen` is empty."""
 
     listen: str = Field(
@@ -322,7 +322,7 @@ class HttpSettings(_Section):
         return schemes
 
     @model_validator(mode="after")
-    def _token_beyond_loopback(self) -> HttpSettings:
+    def _token_beyond_loopback(self) -> HttpConfig:
         if self.listen and not self.token and split_listen(self.listen)[0] not in LOOPBACK_HOSTS:
             raise ValueError(
                 f"listening on {self.listen} (beyond loopback) requires a token: set VOSD_HTTP__TOKEN"
@@ -347,16 +347,16 @@ class VosdConfig(BaseSettings):
         description="Directory for the embedded Redis, ipc sockets and default job outputs.",
     )
     log_level: str = Field(default="INFO", description="Logging level: DEBUG, INFO, WARNING or ERROR.")
-    redis: RedisSettings = Field(default_factory=RedisSettings, description="Job store and queue.")
-    transport: TransportSettings = Field(default_factory=TransportSettings, description="Sockets and queues.")
-    sources: SourceSettings = Field(
-        default_factory=SourceSettings, description="Opening and reconnecting sources.",
+    redis: RedisConfig = Field(default_factory=RedisConfig, description="Job store and queue.")
+    transport: TransportConfig = Field(default_factory=TransportConfig, description="Sockets and queues.")
+    sources: SourcesConfig = Field(
+        default_factory=SourcesConfig, description="Opening and reconnecting sources.",
     )
-    workers: WorkerSettings = Field(default_factory=WorkerSettings, description="Worker processes and model.")
-    xmem: XMemSettings = Field(default_factory=XMemSettings, description="XMem inference options.")
-    writer: WriterSettings = Field(default_factory=WriterSettings, description="Job outputs.")
-    http: HttpSettings = Field(
-        default_factory=HttpSettings, description="HTTP API, dashboard and metrics (off by default).",
+    workers: WorkersConfig = Field(default_factory=WorkersConfig, description="Worker processes and model.")
+    xmem: XMemConfig = Field(default_factory=XMemConfig, description="XMem inference options.")
+    writer: WriterConfig = Field(default_factory=WriterConfig, description="Job outputs.")
+    http: HttpConfig = Field(
+        default_factory=HttpConfig, description="HTTP API, dashboard and metrics (off by default).",
     )
 
     @field_validator("data_dir")

@@ -46,13 +46,13 @@ from typing import Any
 import numpy as np
 import zmq
 
+from streamer.config import SourcesConfig, TransportConfig
 from streamer.lifeline import exit_with_parent
 from streamer.messages import Cancel, ErrorMessage, FrameMessage, JobStart, Progress, SourceStatus
 from streamer.transport import (
     EventReporter,
     FrameSender,
     JobRejected,
-    QueueSettings,
     ResultSender,
     SendOutcome,
     TransportError,
@@ -86,24 +86,16 @@ class DecoderSettings:
     worker_endpoint: str
     writer_endpoint: str
     events_endpoint: str
-    queues: QueueSettings = field(default_factory=QueueSettings)
-    max_objects: int = 16
+    max_objects: int
+    """`workers.max_objects`: objects allowed in the first-frame mask."""
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    """Queue sizes and peer timeouts, the config's own section."""
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    """Opening and reconnecting the source, the config's own section."""
     options: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
-    open_timeout_s: float = 10.0
-    stall_timeout_s: float = 10.0
-    """Live sources: no frame for this long means the stream is lost and is reopened."""
-    reconnect_attempts: int | None = None
-    """Live sources: failed reopenings in a row before the job fails; None keeps trying."""
-    reconnect_initial_delay_s: float = 0.5
-    reconnect_max_delay_s: float = 10.0
-    reconnect_give_up_s: float | None = 300.0
-    """Live sources: seconds without a frame (or without a first connection) before the job fails."""
     max_frames: int | None = None
     """Stop (and finish the job normally) after this many frames; None reads to the end (live: forever)."""
-    peer_timeout_s: float = 30.0
-    end_of_stream_timeout_s: float = 30.0
-    """How long to wait for the worker to acknowledge the end of stream."""
 
 
 class JobInputError(ValueError):
@@ -163,31 +155,35 @@ class Decoder:
         self._source_reported = 0.0
         self._source_state = "connecting"
         self.events = EventReporter(
-            context, settings.events_endpoint, settings.queues, sender=f"decoder job={settings.job_id}")
+            context,
+            settings.events_endpoint,
+            settings.transport.queues(),
+            sender=f"decoder job={settings.job_id}",
+        )
         self.writer = ResultSender(
             context,
             settings.writer_endpoint,
-            settings.queues,
+            settings.transport.queues(),
             should_stop=stop,
-            peer_timeout_s=settings.peer_timeout_s,
+            peer_timeout_s=settings.transport.peer_timeout_s,
         )
 
     def run(self) -> DecoderState:
         from streamer.ingest import ReconnectPolicy, SourceError, SourceStopped, open_source
 
-        job_id = self.settings.job_id
+        job_id, sources = self.settings.job_id, self.settings.sources
         self.events.report(SourceStatus(job_id=job_id, state="connecting"))  # also: signals are handled
         try:
             source = open_source(
                 self.settings.source,
                 live=self.settings.live,
-                open_timeout=self.settings.open_timeout_s,
+                open_timeout=sources.open_timeout_s,
                 reconnect=ReconnectPolicy(
-                    stall_timeout=self.settings.stall_timeout_s,
-                    initial_delay=self.settings.reconnect_initial_delay_s,
-                    max_delay=self.settings.reconnect_max_delay_s,
-                    max_attempts=self.settings.reconnect_attempts,
-                    give_up_after=self.settings.reconnect_give_up_s,
+                    stall_timeout=sources.stall_timeout_s,
+                    initial_delay=sources.reconnect_initial_delay_s,
+                    max_delay=sources.reconnect_max_delay_s,
+                    max_attempts=sources.reconnect_attempts or None,
+                    give_up_after=sources.reconnect_give_up_s or None,
                 ),
                 on_change=self._report_source,
                 should_end=lambda: self.stop.set or self.stop.finish,
@@ -238,11 +234,11 @@ class Decoder:
             settings.worker_endpoint,
             settings.job_id,
             live=settings.live,
-            queues=settings.queues,
+            queues=settings.transport.queues(),
             should_stop=self.stop,
-            peer_timeout_s=settings.peer_timeout_s,
+            peer_timeout_s=settings.transport.peer_timeout_s,
         ) as sender:
-            sender.open(start, timeout_s=settings.peer_timeout_s)
+            sender.open(start, timeout_s=settings.transport.peer_timeout_s)
             self._set_state(DecoderState.STREAMING)
             try:
                 return self._send_frames(source, sender)
@@ -299,7 +295,7 @@ class Decoder:
         self._set_state(DecoderState.FINISHING)
         if held is not None:
             self.writer.send(held)
-        ack = sender.finish(timeout_s=self.settings.end_of_stream_timeout_s)
+        ack = sender.finish(timeout_s=self.settings.transport.end_of_stream_timeout_s)
         logger.info(
             "job=%s end acknowledged frames=%d complete=%s dropped=%d",
             job_id,

@@ -320,6 +320,16 @@ class HeartbeatStatus(str, Enum):
     LOST = "lost"
 
 
+@dataclass(frozen=True)
+class HolderRequests:
+    """What a job's holder has been asked to do since it claimed it (`JobQueue.requests`)."""
+
+    cancel: bool
+    """`vosd cancel`: stop and discard the outputs."""
+    stop: bool
+    """`vosd stop`: end the stream now and keep the outputs."""
+
+
 class JobNotFound(KeyError):
     """No status hash for this job id."""
 
@@ -584,6 +594,13 @@ class JobQueue:
     def is_cancel_requested(self, job_id: str) -> bool:
         """One cheap read; decoders may call it per frame."""
         return self.redis.hget(self.keys.job(job_id), "cancel_requested") == "1"
+
+    def requests(self, job_ids: list[str]) -> list[HolderRequests]:
+        """The cancel and stop requests raised on each job (`cancel`, `stop`), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.keys.job(job_id), "cancel_requested", "stop_requested")
+        return [HolderRequests(cancel == "1", stop == "1") for cancel, stop in pipe.execute()]
 
     def get(self, job_id: str) -> JobRecord:
         fields = cast("dict[str, str]", self.redis.hgetall(self.keys.job(job_id)))

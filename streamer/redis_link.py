@@ -7,7 +7,7 @@ meanwhile keeps its final state until it can be written. The daemon's embedded s
 from its append-only file; an external one is retried with exponential backoff. The outage is logged
 when it starts and ends, and counted in the daemon's status hash.
 
-Wiring (streamer/daemon.py)::
+Wiring (streamer/daemon/supervisor.py)::
 
     link = RedisLink(endpoint)
     if link.due():

@@ -53,6 +53,7 @@ from typing import Any
 import zmq
 
 from streamer import resume
+from streamer.config import TransportConfig, WriterConfig
 from streamer.lifeline import exit_with_parent
 from streamer.messages import (
     Cancel,
@@ -68,7 +69,7 @@ from streamer.messages import (
     Shutdown,
 )
 from streamer.preview import PreviewWriter
-from streamer.transport import EventReporter, QueueSettings, ResultCollector
+from streamer.transport import EventReporter, ResultCollector
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ FINISHED_MEMORY = 512
 """Finished jobs remembered, so late messages of a job are ignored instead of reopening it."""
 
 
-class JobPhase(str, Enum):
+class OutputPhase(str, Enum):
     OPEN = "open"
     ENDING = "ending"
     COMPLETE = "complete"
@@ -91,20 +92,22 @@ class WriterSettings:
 
     collector_endpoint: str
     events_endpoint: str
-    queues: QueueSettings = field(default_factory=QueueSettings)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    """Queue sizes, the config's own section."""
+    writer: WriterConfig = field(default_factory=WriterConfig)
+    """Overlay opacity and quality, the config's own section (which outputs to write comes with each job)."""
     name: str = "writer"
     heartbeat_s: float = 1.0
     progress_interval_s: float = 0.5
     """How often a batch job's counters go to the daemon; 0 sends one Progress per written frame (live jobs
     always do)."""
-    alpha: float = 0.5
-    crf: int = 20
     preset: str = "veryfast"
 
     @property
     def max_buffered_frames(self) -> int:
         """Full-size frames a job may hold while waiting for masks (far above what credits allow)."""
-        return 4 * (self.queues.batch_frames + self.queues.results_frames)
+        queues = self.transport.queues()
+        return 4 * (queues.batch_frames + queues.results_frames)
 
 
 def output_paths(outputs: dict[str, Any]) -> dict[str, str]:
@@ -136,7 +139,7 @@ class WriterJob:
     frames: dict[int, FrameMessage] = field(default_factory=dict)
     masks: deque[MaskMessage] = field(default_factory=deque)
     end: EndOfStream | None = None
-    phase: JobPhase = JobPhase.OPEN
+    phase: OutputPhase = OutputPhase.OPEN
     last_index: int = -1
     """Highest source index written in the current run."""
     resume_from: int = 0
@@ -157,12 +160,12 @@ class WriterLoop:
     def __init__(self, settings: WriterSettings, context: zmq.Context) -> None:
         self.settings = settings
         self.jobs: dict[str, WriterJob] = {}
-        self.finished: OrderedDict[str, tuple[JobPhase, EndOfStream | None]] = OrderedDict()
+        self.finished: OrderedDict[str, tuple[OutputPhase, EndOfStream | None]] = OrderedDict()
         self.running = True
         self._last_heartbeat = 0.0
         self.events = EventReporter(
-            context, settings.events_endpoint, settings.queues, sender=f"writer={settings.name}")
-        self.collector = ResultCollector(context, settings.collector_endpoint, settings.queues)
+            context, settings.events_endpoint, settings.transport.queues(), sender=f"writer={settings.name}")
+        self.collector = ResultCollector(context, settings.collector_endpoint, settings.transport.queues())
         logger.info("writer ready endpoint=%s", self.collector.endpoint)
 
     def run(self) -> None:
@@ -174,7 +177,7 @@ class WriterLoop:
                 self._periodic()
         finally:
             for job_id in list(self.jobs):
-                self._abort(job_id, JobPhase.CANCELLED, "writer stopped")
+                self._abort(job_id, OutputPhase.CANCELLED, "writer stopped")
             self._heartbeat(force=True)
             self.collector.close()
             self.events.close()
@@ -203,7 +206,7 @@ class WriterLoop:
                 job.masks.append(message)
             elif isinstance(message, EndOfStream):
                 job.end = message
-                job.phase = JobPhase.ENDING
+                job.phase = OutputPhase.ENDING
             elif isinstance(message, CheckpointSaved):
                 job.checkpoints.append(message.frame)
             else:
@@ -211,12 +214,12 @@ class WriterLoop:
             self._join(job)
         except Exception as exc:  # one job's broken output must not stop the others
             logger.exception("job=%s writing failed", job.start.job_id)
-            self._abort(job.start.job_id, JobPhase.FAILED, f"cannot write outputs: {exc}")
+            self._abort(job.start.job_id, OutputPhase.FAILED, f"cannot write outputs: {exc}")
 
     def _open(self, start: JobStart) -> None:
         job_id = start.job_id
         previous = self.finished.get(job_id)
-        if previous is not None and previous[0] is JobPhase.COMPLETE:
+        if previous is not None and previous[0] is OutputPhase.COMPLETE:
             assert previous[1] is not None, "a complete job keeps its EndOfStream"
             self.events.report(previous[1])  # a re-run of a job whose outputs are already complete
             return
@@ -226,7 +229,7 @@ class WriterLoop:
                 job.frames.clear()
                 job.masks.clear()
                 job.last_index = -1
-            job.end, job.phase, job.start = None, JobPhase.OPEN, start
+            job.end, job.phase, job.start = None, OutputPhase.OPEN, start
             job.resume_from = start.outputs.get("resume_from", 0)
             logger.info(
                 "job=%s re-run attempt=%s written_so_far=%d",
@@ -247,8 +250,8 @@ class WriterLoop:
                 overlay_path=paths.get("overlay"),
                 masks_dir=paths.get("masks"),
                 rle_path=paths.get("rle"),
-                alpha=self.settings.alpha,
-                crf=self.settings.crf,
+                alpha=self.settings.writer.overlay_alpha,
+                crf=self.settings.writer.crf,
                 preset=self.settings.preset,
                 resume=resume_from > 0,
             )
@@ -259,9 +262,9 @@ class WriterLoop:
         except (OSError, ValueError) as exc:
             error = ErrorMessage(code="writer", message=f"cannot create outputs: {exc}", job_id=job_id)
             self.events.report(error)
-            self._remember(job_id, JobPhase.FAILED, None)
+            self._remember(job_id, OutputPhase.FAILED, None)
             return
-        preview = PreviewWriter(start.outputs["dir"], self.settings.alpha)
+        preview = PreviewWriter(start.outputs["dir"], self.settings.writer.overlay_alpha)
         job = WriterJob(start, output, preview, resume_from=resume_from, written=output.frames_written)
         if "overlay" not in paths:  # frames before the checkpoint are not sent: nothing to re-encode
             job.last_index = resume_from - 1
@@ -270,9 +273,9 @@ class WriterLoop:
 
     def _cancel(self, cancel: Cancel) -> None:
         """Discard the job's outputs unless already complete, and answer which it was (module docstring)."""
-        self._abort(cancel.job_id, JobPhase.CANCELLED, cancel.reason)
-        phase, done = self.finished.get(cancel.job_id, (JobPhase.CANCELLED, None))
-        if phase is JobPhase.COMPLETE:
+        self._abort(cancel.job_id, OutputPhase.CANCELLED, cancel.reason)
+        phase, done = self.finished.get(cancel.job_id, (OutputPhase.CANCELLED, None))
+        if phase is OutputPhase.COMPLETE:
             assert done is not None, "a complete job keeps its EndOfStream"
             self.events.report(done)
         else:
@@ -321,7 +324,7 @@ class WriterLoop:
             if self.settings.progress_interval_s == 0 or job.start.live:
                 self._send_progress(job)
         self._promote_checkpoint(job)
-        if job.phase is JobPhase.ENDING and not job.masks:
+        if job.phase is OutputPhase.ENDING and not job.masks:
             self._complete(job)
 
     def _promote_checkpoint(self, job: WriterJob) -> None:
@@ -339,7 +342,7 @@ class WriterLoop:
         if not job.start.live and job.written != expected:
             self._abort(
                 job_id,
-                JobPhase.FAILED,
+                OutputPhase.FAILED,
                 f"outputs incomplete: {job.written} of {expected} frames written",
             )
             return
@@ -354,7 +357,7 @@ class WriterLoop:
         )
         self._send_progress(job)
         del self.jobs[job_id]
-        self._remember(job_id, JobPhase.COMPLETE, done)
+        self._remember(job_id, OutputPhase.COMPLETE, done)
         self.events.report(done)
         logger.info(
             "job=%s complete frames=%d duplicates=%d seconds=%.1f",
@@ -364,7 +367,7 @@ class WriterLoop:
             time.monotonic() - job.opened_at,
         )
 
-    def _abort(self, job_id: str, phase: JobPhase, reason: str) -> None:
+    def _abort(self, job_id: str, phase: OutputPhase, reason: str) -> None:
         job = self.jobs.pop(job_id, None)
         if job is None:
             return
@@ -373,11 +376,11 @@ class WriterLoop:
         resume.discard(job.start.outputs)
         remove_if_empty(Path(job.start.outputs["dir"]))
         self._remember(job_id, phase, None)
-        if phase is JobPhase.FAILED:
+        if phase is OutputPhase.FAILED:
             self.events.report(ErrorMessage(code="writer", message=reason, job_id=job_id))
         logger.info("job=%s outputs discarded phase=%s reason=%s", job_id, phase.value, reason)
 
-    def _remember(self, job_id: str, phase: JobPhase, done: EndOfStream | None) -> None:
+    def _remember(self, job_id: str, phase: OutputPhase, done: EndOfStream | None) -> None:
         self.finished[job_id] = (phase, done)
         while len(self.finished) > FINISHED_MEMORY:
             self.finished.popitem(last=False)

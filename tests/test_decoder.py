@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import zmq
 
+from streamer.config import SourcesConfig, TransportConfig
 from streamer.decoder import DecoderSettings, run_decoder
 from streamer.messages import (
     Cancel,
@@ -26,7 +27,7 @@ from streamer.messages import (
     Progress,
     SourceStatus,
 )
-from streamer.transport import FrameInbox, QueueSettings, ResultCollector
+from streamer.transport import FrameInbox, ResultCollector
 from videos import (
     corrupt_file,
     free_port,
@@ -40,7 +41,10 @@ from videos import (
 pytestmark = pytest.mark.timeout(90)
 
 WAIT_S = 20.0
-QUEUES = QueueSettings(batch_frames=4, live_frames=1, results_frames=8)
+TRANSPORT = TransportConfig(
+    batch_queue_frames=4, live_queue_frames=1, results_queue_frames=8, peer_timeout_s=10.0
+)
+QUEUES = TRANSPORT.queues()
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +74,9 @@ class Peers:
             worker_endpoint=self.worker.endpoint,
             writer_endpoint=self.writer.endpoint,
             events_endpoint=self.events.endpoint,
-            queues=QUEUES,
+            transport=TRANSPORT,
             max_objects=4,
             outputs={"dir": "unused"},
-            peer_timeout_s=10.0,
         )
         values.update(overrides)
         return DecoderSettings(**values)  # type: ignore[arg-type]
@@ -313,7 +316,9 @@ def test_sigusr1_ends_the_stream_normally_with_the_frames_so_far(clip, peers: Pe
 
 def test_sigusr1_before_a_live_source_connects_reports_stopped(peers: Peers, start_process) -> None:
     url = f"tcp://127.0.0.1:{free_port()}"  # nothing listens: the decoder keeps reconnecting
-    settings = peers.settings(url, None, live=True, reconnect_initial_delay_s=0.2, reconnect_max_delay_s=0.5)
+    settings = peers.settings(
+        url, None, live=True, sources=SourcesConfig(reconnect_initial_delay_s=0.2, reconnect_max_delay_s=0.5)
+    )
     process = start_process(run_decoder, settings)
     peers.wait_for(
         lambda: any(isinstance(m, SourceStatus) and m.attempts >= 2 for m in peers.seen_by_daemon), "retries"

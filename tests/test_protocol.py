@@ -19,7 +19,7 @@ BUILDERS: dict[tuple[str, str], Process] = {
     ("workers/worker.py", "Worker"): Process.WORKER,
     ("streamer/transport.py", "FrameInbox"): Process.WORKER,
     ("streamer/writer_process.py", "WriterLoop"): Process.WRITER,
-    ("streamer/daemon.py", "Daemon"): Process.DAEMON,
+    ("streamer/daemon/supervisor.py", "Daemon"): Process.DAEMON,
     ("streamer/transport.py", "release_job"): Process.DAEMON,
 }
 """Where each process builds the messages it sends: a module and a class (or function) in it."""

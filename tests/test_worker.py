@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import zmq
 
+from streamer.config import TransportConfig, WorkersConfig, XMemConfig
 from streamer.decoder import DecoderSettings, run_decoder
 from streamer.messages import (
     Cancel,
@@ -29,7 +30,6 @@ from streamer.messages import (
 from streamer.transport import (
     FrameSender,
     JobRejected,
-    QueueSettings,
     ResultCollector,
     release_job,
     send_control,
@@ -42,7 +42,8 @@ from workers.xmem.network import NetworkSpec
 pytestmark = pytest.mark.timeout(120)
 
 WAIT_S = 30.0
-QUEUES = QueueSettings(batch_frames=4, live_frames=1, results_frames=8)
+TRANSPORT = TransportConfig(batch_queue_frames=4, live_queue_frames=1, results_queue_frames=8)
+QUEUES = TRANSPORT.queues()
 SIZE = (160, 120)
 FRAMES = 12
 
@@ -121,11 +122,9 @@ def rig(ipc_dir: Path, checkpoint: Path, start_process) -> Iterator[Rig]:
         inbox_endpoint=f"ipc://{ipc_dir}/worker.sock",
         writer_endpoint=writer.endpoint,
         events_endpoint=events.endpoint,
-        queues=QUEUES,
-        inference={"mem_every": 3},
-        size=64,
-        max_jobs=2,
-        max_objects=3,
+        transport=TRANSPORT,
+        workers=WorkersConfig(size=64, jobs_per_worker=2, max_objects=3),
+        xmem=XMemConfig(mem_every=3),
         threads=1,
         heartbeat_s=0.2,
     )
@@ -239,7 +238,8 @@ def test_decoder_and_worker_give_exactly_the_masks_of_vosd_segment(
     decoder = DecoderSettings(
         job_id="same", source=str(video), mask_path=str(first), live=False,
         worker_endpoint=rig.settings.inbox_endpoint, writer_endpoint=f"ipc://{ipc_dir}/writer.sock",
-        events_endpoint=f"ipc://{ipc_dir}/events.sock", queues=QUEUES, outputs={"dir": "unused"},
+        events_endpoint=f"ipc://{ipc_dir}/events.sock", transport=TRANSPORT, max_objects=3,
+        outputs={"dir": "unused"},
     )  # fmt: skip
     process = start_process(run_decoder, decoder)
     daemon = [m for m in rig.collect(EndOfStream, "same") if isinstance(m, MaskMessage)]

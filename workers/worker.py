@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from streamer.config import TransportConfig, WorkersConfig, XMemConfig
 from streamer.lifeline import exit_with_parent
 from streamer.messages import (
     Cancel,
@@ -54,7 +55,7 @@ from streamer.messages import (
     Shutdown,
 )
 from streamer.resume import checkpoint_path, pending_path, resumable
-from streamer.transport import EventReporter, FrameInbox, QueueSettings, ResultSender, TransportError
+from streamer.transport import EventReporter, FrameInbox, ResultSender, TransportError
 
 logger = logging.getLogger(__name__)
 
@@ -84,19 +85,15 @@ class WorkerSettings:
     inbox_endpoint: str
     writer_endpoint: str
     events_endpoint: str
-    queues: QueueSettings = field(default_factory=QueueSettings)
-    inference: dict[str, Any] = field(default_factory=dict)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    """Queue sizes and peer timeouts, the config's own section."""
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    """Working size, jobs per worker, object limit, checkpoint period: the config's own section."""
+    xmem: XMemConfig = field(default_factory=XMemConfig)
     """Daemon-wide XMem inference options; a job's own options override them."""
-    size: int = 480
-    """Working size: shorter side of the frames XMem sees (-1 keeps the frame size)."""
-    max_jobs: int = 4
-    max_objects: int = 16
     threads: int = 0
     """Torch intra-op threads; 0: on CPU every core but one (`default_threads`), else torch's default."""
     heartbeat_s: float = 1.0
-    peer_timeout_s: float = 30.0
-    checkpoint_every_s: float = 0.0
-    """Save a batch job's session this often (streamer/resume.py) so a re-run resumes; 0 = never."""
 
 
 @dataclass
@@ -131,15 +128,15 @@ class Worker:
         self._since_heartbeat = (0, 0.0)
         """Frames segmented and model seconds spent since the last heartbeat (its model_fps)."""
         self.events = EventReporter(
-            context, settings.events_endpoint, settings.queues, sender=f"worker={settings.name}")
+            context, settings.events_endpoint, settings.transport.queues(), sender=f"worker={settings.name}")
         self.results = ResultSender(
             context,
             settings.writer_endpoint,
-            settings.queues,
+            settings.transport.queues(),
             should_stop=lambda: self._stop_requested and self.state is not WorkerState.DRAINING,
-            peer_timeout_s=settings.peer_timeout_s,
+            peer_timeout_s=settings.transport.peer_timeout_s,
         )
-        self.inbox = FrameInbox(context, settings.inbox_endpoint, settings.queues)
+        self.inbox = FrameInbox(context, settings.inbox_endpoint, settings.transport.queues())
         self._set_state(WorkerState.READY)
 
     def request_stop(self, *, drain: bool) -> None:
@@ -184,9 +181,10 @@ class Worker:
         try:
             if self.state is not WorkerState.READY:
                 raise JobSetupError(f"worker {self.settings.name} is shutting down")
-            if len(self.jobs) >= self.settings.max_jobs:
-                raise JobSetupError(f"worker {self.settings.name} already runs {self.settings.max_jobs} jobs")
-            check_first_mask(start.mask, start.source_size, self.settings.max_objects)
+            limit = self.settings.workers.jobs_per_worker
+            if len(self.jobs) >= limit:
+                raise JobSetupError(f"worker {self.settings.name} already runs {limit} jobs")
+            check_first_mask(start.mask, start.source_size, self.settings.workers.max_objects)
             session = self._session(start.options)
             resume_from = start.outputs.get("resume_from", 0)
             if resume_from:
@@ -196,8 +194,8 @@ class Worker:
             self.inbox.reject(start, str(exc))
             return
         job = WorkerJob(start=start, session=session, first_mask=None if resume_from else start.mask)
-        if self.settings.checkpoint_every_s > 0 and resumable(start.outputs, start.live):
-            job.checkpoint_due = time.monotonic() + self.settings.checkpoint_every_s
+        if self.settings.workers.checkpoint_every_s > 0 and resumable(start.outputs, start.live):
+            job.checkpoint_due = time.monotonic() + self.settings.workers.checkpoint_every_s
         self.jobs[start.job_id] = job
         self.inbox.accept(start)
         logger.info(
@@ -213,12 +211,13 @@ class Worker:
         from workers.xmem.config import InferenceConfig
         from workers.xmem.session import VideoSession
 
-        options = {**self.settings.inference, **overrides}
+        options = {**self.settings.xmem.model_dump(), **overrides}
         try:
             config = InferenceConfig(**options)
         except (TypeError, ValueError) as exc:
             raise JobSetupError(f"invalid inference options {sorted(overrides)}: {exc}") from None
-        return VideoSession(self.network, config, size=self.settings.size, device=self.settings.device)
+        size, device = self.settings.workers.size, self.settings.device
+        return VideoSession(self.network, config, size=size, device=device)
 
     def _frame(self, frame: FrameMessage) -> None:
         job = self.jobs.get(frame.job_id)
@@ -270,7 +269,7 @@ class Worker:
                         1000 * (time.perf_counter() - started))
             job.pending = path
             self._send_result(job_id, CheckpointSaved(job_id=job_id, frame=frame))
-        job.checkpoint_due = time.monotonic() + self.settings.checkpoint_every_s
+        job.checkpoint_due = time.monotonic() + self.settings.workers.checkpoint_every_s
 
     def _close(self, message: EndOfStream | Cancel) -> None:
         job = self.jobs.pop(message.job_id, None)

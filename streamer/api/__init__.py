@@ -1,6 +1,6 @@
 """The HTTP side of `vosd serve`: job API, server-sent events, outputs, dashboard, metrics and probes.
 
-Off unless ``http.listen`` is set (streamer.config.HttpSettings). Modules:
+Off unless ``http.listen`` is set (streamer.config.HttpConfig). Modules:
 
 * ``app``       FastAPI app, shared context (one JobQueue), JSON error bodies, the request-size guard
 * ``auth``      bearer token

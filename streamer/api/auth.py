@@ -1,6 +1,6 @@
 """Bearer-token check for every route that reads or changes jobs.
 
-With ``http.token`` empty (allowed only on loopback, see `streamer.config.HttpSettings`) every request
+With ``http.token`` empty (allowed only on loopback, see `streamer.config.HttpConfig`) every request
 passes; otherwise the request needs ``Authorization: Bearer <token>``. The comparison takes constant time.
 
 Only the live preview (an ``<img>`` in the dashboard, which cannot send headers) also takes the token as

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from streamer.config import XMemSettings
+from streamer.config import XMemConfig
 from streamer.jobs import JobRecord
 
 MAX_POLYGONS = 256
@@ -32,13 +32,13 @@ class JobOptions(BaseModel):
     @classmethod
     def _valid_xmem(cls, values: dict[str, int | bool]) -> dict[str, int | bool]:
         """Checked as the daemon will check them: names, types and their combination with the defaults."""
-        unknown = sorted(set(values) - set(XMemSettings.model_fields))
+        unknown = sorted(set(values) - set(XMemConfig.model_fields))
         if unknown:
-            raise ValueError(f"unknown XMem options {unknown}; known: {sorted(XMemSettings.model_fields)}")
-        return XMemSettings(**values).model_dump(include=set(values))
+            raise ValueError(f"unknown XMem options {unknown}; known: {sorted(XMemConfig.model_fields)}")
+        return XMemConfig(**values).model_dump(include=set(values))
 
     def to_job_options(self) -> dict[str, Any]:
-        """The flat `JobRecord.options` the daemon reads (streamer.daemon.split_options)."""
+        """The flat `JobRecord.options` the daemon reads (streamer.daemon.lifecycle.split_options)."""
         flat = {k: v for k, v in self.model_dump(exclude={"xmem"}).items() if v is not None}
         return {**flat, **self.xmem}
 
