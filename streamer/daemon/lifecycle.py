@@ -51,7 +51,7 @@ class RunPhase(str, Enum):
 
 
 TRANSITIONS: dict[RunPhase, frozenset[RunPhase]] = {
-    RunPhase.WAITING: frozenset({RunPhase.WAITING, RunPhase.RUNNING, RunPhase.SETTLING, RunPhase.STOPPING}),
+    RunPhase.WAITING: frozenset({RunPhase.RUNNING, RunPhase.SETTLING, RunPhase.STOPPING}),
     RunPhase.RUNNING: frozenset({RunPhase.WAITING, RunPhase.SETTLING, RunPhase.STOPPING}),
     RunPhase.SETTLING: frozenset({RunPhase.STOPPING}),
     RunPhase.STOPPING: frozenset(),

@@ -376,6 +376,8 @@ class Daemon:
     def _rerun(self, job: DaemonJob, reason: str) -> None:
         """Stop what is left of this run; the job waits for a ready worker and starts again, from its last
         checkpoint when there is one (streamer/resume.py) or else from frame 0."""
+        if job.phase is RunPhase.WAITING:  # no run to stop: it already waits for a worker
+            return
         if job.decoder is not None:
             if job.decoder.is_alive():
                 job.decoder.kill()
