@@ -28,10 +28,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from videos import free_port, write_first_mask, write_moving_shape_video
-from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
+from workers.xmem.random_init import write_random_checkpoint
 
-SERVE = "import typer; from streamer.commands import serve_command; typer.run(serve_command)"
+SERVE = "import typer; from streamer.cli.daemon_commands import serve_command; typer.run(serve_command)"
 TOKEN = "benchmark-token"
 
 

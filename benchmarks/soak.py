@@ -36,13 +36,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from streamer.jobs import JobQueue, JobState  # noqa: E402
-from streamer.redis_server import EmbeddedRedis  # noqa: E402
+from streamer.queue.jobs import JobQueue, JobState  # noqa: E402
+from streamer.queue.redis_server import EmbeddedRedis  # noqa: E402
 from videos import write_first_mask, write_moving_shape_video  # noqa: E402
-from workers.xmem.init import write_random_checkpoint  # noqa: E402
 from workers.xmem.network import NetworkSpec  # noqa: E402
+from workers.xmem.random_init import write_random_checkpoint  # noqa: E402
 
-SERVE = "import typer; from streamer.commands import serve_command; typer.run(serve_command)"
+SERVE = "import typer; from streamer.cli.daemon_commands import serve_command; typer.run(serve_command)"
 FRAMES = 72
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from streamer.redis_server import EmbeddedRedis
+from streamer.queue.redis_server import EmbeddedRedis
 
 SPAWN = multiprocessing.get_context("spawn")
 """Children are spawned, never forked, like the daemon's processes (CUDA and ZeroMQ contexts do not fork)."""

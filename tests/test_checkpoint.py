@@ -16,8 +16,12 @@ from workers.xmem.checkpoint import (
     save_state_dict,
     spec_from_state_dict,
 )
-from workers.xmem.init import calibrated_random_state_dict, make_random_network, write_random_checkpoint
 from workers.xmem.network import NetworkSpec, XMemNetwork
+from workers.xmem.random_init import (
+    calibrated_random_state_dict,
+    make_random_network,
+    write_random_checkpoint,
+)
 
 H, W = 48, 64
 SMALL = NetworkSpec.small()

@@ -20,8 +20,8 @@ CHECK = (
 @pytest.mark.parametrize(
     "statement",
     [
-        "import streamer.commands, streamer.config, streamer.jobs",
-        "import streamer.cli",
+        "import streamer.cli.daemon_commands, streamer.config, streamer.queue.jobs",
+        "import streamer.cli.app",
         "from streamer.config import load_config; load_config(None).xmem.inference_config()",
     ],
     ids=["redis-commands", "cli-module", "config-to-inference-options"],
@@ -35,7 +35,7 @@ def test_redis_only_paths_do_not_import_torch(statement: str) -> None:
 
 def test_help_of_a_redis_command_does_not_import_torch() -> None:
     code = (
-        "import sys; from streamer.cli import app; sys.argv = ['vosd', 'status', '--help']\n"
+        "import sys; from streamer.cli.app import app; sys.argv = ['vosd', 'status', '--help']\n"
         "try:\n    app()\nexcept SystemExit as exit:\n    assert exit.code == 0, exit.code\n" + CHECK
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

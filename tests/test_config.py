@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from streamer.config import ConfigError, VosdConfig, load_config
-from streamer.transport import LiveDropPolicy, QueueSettings
+from streamer.transport.sockets import LiveDropPolicy, QueueSettings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 YAML_FILES = sorted(CONFIGS.glob("*.yaml"))

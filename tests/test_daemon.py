@@ -30,7 +30,7 @@ import yaml
 import zmq
 from typer.testing import CliRunner
 
-from streamer.commands import (
+from streamer.cli.daemon_commands import (
     cancel_command,
     jobs_command,
     status_command,
@@ -38,11 +38,11 @@ from streamer.commands import (
     submit_command,
     watch_command,
 )
-from streamer.jobs import JobQueue, JobRecord, JobState, KeyNames
 from streamer.masks import read_index_mask
-from streamer.messages import Cancel, EndOfStream, FrameMessage, JobStart, MaskMessage, Shutdown
-from streamer.transport import QueueSettings, ResultCollector, ResultSender
-from streamer.writer_process import WriterSettings, output_paths, run_writer
+from streamer.output.writer_process import WriterSettings, output_paths, run_writer
+from streamer.queue.jobs import JobQueue, JobRecord, JobState, KeyNames
+from streamer.transport.messages import Cancel, EndOfStream, FrameMessage, JobStart, MaskMessage, Shutdown
+from streamer.transport.sockets import QueueSettings, ResultCollector, ResultSender
 from videos import (
     LiveServer,
     corrupt_file,
@@ -53,8 +53,8 @@ from videos import (
     write_text_file,
     write_zero_byte_file,
 )
-from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
+from workers.xmem.random_init import write_random_checkpoint
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -64,7 +64,7 @@ JOB_TIMEOUT_S = 120.0
 GIVE_UP_S = 8.0
 """The test daemon's live sources fail after this many seconds without a frame."""
 
-SERVE = "import typer; from streamer.commands import serve_command; typer.run(serve_command)"
+SERVE = "import typer; from streamer.cli.daemon_commands import serve_command; typer.run(serve_command)"
 
 
 @dataclass

@@ -15,8 +15,8 @@ import pytest
 import redis as redis_lib
 from typer.testing import CliRunner
 
-from streamer.jobs import JobQueue, JobRecord, JobState, KeyNames
-from streamer.redis_server import Role, resolve_redis
+from streamer.queue.jobs import JobQueue, JobRecord, JobState, KeyNames
+from streamer.queue.redis_server import Role, resolve_redis
 from test_daemon import (
     JOB_TIMEOUT_S,
     Served,

@@ -16,8 +16,8 @@ import pytest
 import zmq
 
 from streamer.config import SourcesConfig, TransportConfig
-from streamer.decoder import DecoderSettings, run_decoder
-from streamer.messages import (
+from streamer.ingest.decoder import DecoderSettings, run_decoder
+from streamer.transport.messages import (
     Cancel,
     EndOfStream,
     ErrorMessage,
@@ -27,7 +27,7 @@ from streamer.messages import (
     Progress,
     SourceStatus,
 )
-from streamer.transport import FrameInbox, ResultCollector
+from streamer.transport.sockets import FrameInbox, ResultCollector
 from videos import (
     corrupt_file,
     free_port,

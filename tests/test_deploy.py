@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from streamer.cli import app
+from streamer.cli.app import app
 from streamer.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent

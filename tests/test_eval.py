@@ -161,8 +161,8 @@ def test_usage_counting_follows_the_per_video_rule() -> None:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from workers.xmem.init import InitOptions, write_random_checkpoint
     from workers.xmem.network import NetworkSpec
+    from workers.xmem.random_init import InitOptions, write_random_checkpoint
 
     path = tmp_path_factory.mktemp("model") / "random-small.pth"
     options = InitOptions(batches=1, batch_size=1, image_size=(H, W))
@@ -187,7 +187,7 @@ def moving_davis(root: Path, sequences: dict[str, int], palette: np.ndarray) -> 
 def test_vosd_eval_then_score_end_to_end(tmp_path: Path, checkpoint: Path) -> None:
     from typer.testing import CliRunner
 
-    from streamer.cli import app
+    from streamer.cli.app import app
     from streamer.masks import read_palette
 
     palette = np.random.default_rng(3).integers(0, 256, size=(256, 3), dtype=np.uint8)

@@ -16,9 +16,9 @@ import torch
 
 from workers.xmem import InferenceConfig, InferenceCore, load_network
 from workers.xmem.aggregate import aggregate
-from workers.xmem.init import InitOptions, make_random_network, write_random_checkpoint
 from workers.xmem.network import NetworkSpec, XMemNetwork
 from workers.xmem.padding import Padding, pad, padding_for, unpad
+from workers.xmem.random_init import InitOptions, make_random_network, write_random_checkpoint
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.ingest import (
+from streamer.ingest.sources import (
     ReconnectPolicy,
     Size,
     SourceError,
@@ -161,7 +161,9 @@ def _consume_with_outage(source, outage, before: int = 24, after: int = 24) -> l
 
 
 def _loss_logged(caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
-    records = [r for r in caplog.records if r.name == "streamer.ingest" and "reconnecting" in r.getMessage()]
+    records = [
+        r for r in caplog.records if r.name == "streamer.ingest.sources" and "reconnecting" in r.getMessage()
+    ]
     assert records, "the loss of the stream was never logged"
     return records[0]
 
@@ -175,7 +177,7 @@ def _check_continued(frames: list, stats) -> None:
 
 
 def test_udp_stream_killed_mid_stream_is_detected_and_reconnected(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="streamer.ingest")
+    caplog.set_level(logging.WARNING, logger="streamer.ingest.sources")
     port = free_port("udp")
     first = LiveServer("udp", port, tint=(0, 0, 0))
     second = LiveServer("udp", port, tint=(0, 0, 120))
@@ -208,7 +210,7 @@ def test_udp_stream_killed_mid_stream_is_detected_and_reconnected(caplog: pytest
 def test_tcp_stream_that_hangs_is_detected_within_stall_timeout_then_reconnects(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="streamer.ingest")
+    caplog.set_level(logging.WARNING, logger="streamer.ingest.sources")
     port = free_port()
     first = LiveServer("tcp", port, tint=(0, 0, 0))
     second = LiveServer("tcp", port, tint=(0, 0, 120))

@@ -1,4 +1,5 @@
-"""streamer/jobs.py on a real redis-server: claim/finish, crash recovery, dead letters, cancel, listing."""
+"""streamer/queue/jobs.py on a real redis-server: claim/finish, crash recovery, dead letters, cancel,
+listing."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import redis
 
 from conftest import SPAWN
-from streamer.jobs import (
+from streamer.queue.jobs import (
     HeartbeatStatus,
     JobNotFound,
     JobProgress,

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from workers.xmem import InferenceConfig, InferenceCore
-from workers.xmem.init import InitOptions, make_random_network
 from workers.xmem.network import NetworkSpec, XMemNetwork
+from workers.xmem.random_init import InitOptions, make_random_network
 
 H, W = 32, 48
 FRAME = 6

@@ -1,4 +1,5 @@
-"""Wire format of streamer/messages.py: round trips, zero-copy decode, and clear rejection of bad input."""
+"""Wire format of streamer/transport/messages.py: round trips, zero-copy decode, and clear rejection of bad
+input."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
-from streamer.messages import (
+from streamer.transport.messages import (
     PROTOCOL_VERSION,
     Cancel,
     CheckpointSaved,

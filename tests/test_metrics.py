@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from streamer.cli import app
+from streamer.cli.app import app
 from streamer.masks import write_index_mask
 from workers.evaluation.metrics import (
     SequenceTally,

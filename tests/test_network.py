@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from workers.xmem.aggregate import aggregate
 from workers.xmem.backbones import LITE_DIMS, LiteKeyEncoder
-from workers.xmem.init import make_random_network
 from workers.xmem.modules import SpatialGate, gru_step, resize_groups
 from workers.xmem.network import NetworkSpec, XMemNetwork, others_masks
+from workers.xmem.random_init import make_random_network
 
 H, W = 64, 96
 

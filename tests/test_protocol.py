@@ -8,19 +8,19 @@ import ast
 from pathlib import Path
 from typing import get_args
 
-from streamer import messages
-from streamer.messages import Process, protocol_table
+from streamer.transport import messages
+from streamer.transport.messages import Process, protocol_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
 BUILDERS: dict[tuple[str, str], Process] = {
-    ("streamer/decoder.py", "Decoder"): Process.DECODER,
-    ("streamer/transport.py", "FrameSender"): Process.DECODER,
+    ("streamer/ingest/decoder.py", "Decoder"): Process.DECODER,
+    ("streamer/transport/sockets.py", "FrameSender"): Process.DECODER,
     ("workers/worker.py", "Worker"): Process.WORKER,
-    ("streamer/transport.py", "FrameInbox"): Process.WORKER,
-    ("streamer/writer_process.py", "WriterLoop"): Process.WRITER,
+    ("streamer/transport/sockets.py", "FrameInbox"): Process.WORKER,
+    ("streamer/output/writer_process.py", "WriterLoop"): Process.WRITER,
     ("streamer/daemon/supervisor.py", "Daemon"): Process.DAEMON,
-    ("streamer/transport.py", "release_job"): Process.DAEMON,
+    ("streamer/transport/sockets.py", "release_job"): Process.DAEMON,
 }
 """Where each process builds the messages it sends: a module and a class (or function) in it."""
 

@@ -1,4 +1,4 @@
-"""streamer/redis_server.py with real redis-server processes: who owns the embedded server, persistence,
+"""streamer/queue/redis_server.py with real redis-server processes: who owns the embedded server, persistence,
 restart after a kill, and the race of `vosd serve &` with a command run at the same moment."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamer.redis_server import RedisEndpoint, RedisStartError, Role, resolve_redis
+from streamer.queue.redis_server import RedisEndpoint, RedisStartError, Role, resolve_redis
 
 
 def _client(endpoint: RedisEndpoint) -> redis.Redis:

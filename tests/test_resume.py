@@ -23,13 +23,13 @@ import redis as redis_lib
 import torch
 import yaml
 
-from streamer import resume
-from streamer.jobs import JobQueue, JobRecord, JobState, KeyNames
 from streamer.masks import read_index_mask, write_index_mask
+from streamer.output import resume
+from streamer.queue.jobs import JobQueue, JobRecord, JobState, KeyNames
 from videos import write_first_mask, write_moving_shape_video
 from workers.xmem.config import InferenceConfig
-from workers.xmem.init import InitOptions, make_random_network, write_random_checkpoint
 from workers.xmem.network import NetworkSpec, XMemNetwork
+from workers.xmem.random_init import InitOptions, make_random_network, write_random_checkpoint
 from workers.xmem.session import VideoSession, load_state, save_state
 
 H, W = 48, 64
@@ -147,7 +147,7 @@ def test_a_checkpoint_is_used_only_while_the_outputs_hold_its_frames(tmp_path: P
 
 # ------------------------------------------------------------------------------------------ the daemon
 
-SERVE = "import typer; from streamer.commands import serve_command; typer.run(serve_command)"
+SERVE = "import typer; from streamer.cli.daemon_commands import serve_command; typer.run(serve_command)"
 JOB_TIMEOUT_S = 300.0
 """Upper bound for one job on the shared two-core machine; reached only when something is broken."""
 CLIP_FRAMES = 64

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from streamer.cli import app
+from streamer.cli.app import app
 from streamer.masks import read_index_mask
 from videos import write_first_mask, write_moving_shape_video
-from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
+from workers.xmem.random_init import write_random_checkpoint
 
 FRAMES = 12
 

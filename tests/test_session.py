@@ -13,8 +13,8 @@ from scipy import ndimage
 from torchvision import transforms
 
 from workers.xmem.config import InferenceConfig
-from workers.xmem.init import InitOptions, make_random_network
 from workers.xmem.network import NetworkSpec, XMemNetwork
+from workers.xmem.random_init import InitOptions, make_random_network
 from workers.xmem.session import IMAGENET_MEAN, IMAGENET_STD, SessionInputError, VideoSession
 
 H, W = 48, 64

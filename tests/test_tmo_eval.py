@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from streamer.cli import app
+from streamer.cli.app import app
 from streamer.masks import read_index_mask, write_index_mask
 from tmo_helpers import SMALL, random_network
 from videos import render_moving_shapes

@@ -8,8 +8,8 @@ import torch
 from tmo_helpers import SMALL, random_network, reference_confidence, reference_segment
 from workers.tmo import load_network
 from workers.tmo.checkpoint import CheckpointError, save_checkpoint
-from workers.tmo.init import TMOInitOptions, random_checkpoint_state, write_random_checkpoint
 from workers.tmo.layouts import Layout, from_network_keys, hf4_to_hf5, hf5_to_hf4
+from workers.tmo.random_init import TMOInitOptions, random_checkpoint_state, write_random_checkpoint
 
 LAYOUTS = [Layout("current"), Layout("current", True), Layout("wacv"), Layout("wacv", True)]
 MIT_LAYOUTS = [*LAYOUTS, Layout("current", False, "hf5"), Layout("wacv", True, "hf5")]

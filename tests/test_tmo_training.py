@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from workers.tmo import load_network
 from workers.tmo.flow import flow_to_colour
-from workers.training.commands import train_command
+from workers.training.cli import train_command
 from workers.training.datasets import StillLoader, list_davis
 from workers.training.pretrained import lite0_imagenet_state
 from workers.training.tmo_config import TMOTrainConfig

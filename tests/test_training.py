@@ -19,7 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from workers.training.augment import ClipAugmentation, video_augmentation
-from workers.training.commands import plot_command, train_command
+from workers.training.cli import plot_command, train_command
 from workers.training.config import DEFAULT_STAGES, TrainConfig
 from workers.training.losses import (
     bootstrap_fraction,
@@ -49,8 +49,8 @@ from workers.training.trainer import (
 )
 from workers.xmem.backbones import LITE_BN_EPS, OTHERS_CHANNEL, LiteKeyEncoder
 from workers.xmem.checkpoint import load_network
-from workers.xmem.init import make_random_network
 from workers.xmem.network import NetworkSpec
+from workers.xmem.random_init import make_random_network
 from workers.xmem.session import IMAGENET_MEAN, IMAGENET_STD
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,5 @@
-"""streamer/transport.py across real processes: lossless backpressure, live drops, routing, EOS handshake."""
+"""streamer/transport/sockets.py across real processes: lossless backpressure, live drops, routing, EOS
+handshake."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 import zmq
 
 from conftest import SPAWN
-from streamer.messages import (
+from streamer.transport.messages import (
     Cancel,
     EndOfStream,
     FrameMessage,
@@ -24,7 +25,7 @@ from streamer.messages import (
     Shutdown,
     encode,
 )
-from streamer.transport import (
+from streamer.transport.sockets import (
     FrameInbox,
     FrameSender,
     JobRejected,

@@ -15,7 +15,7 @@ import typer
 from typer.testing import CliRunner
 
 from workers.training import weights
-from workers.training.commands import weights_app
+from workers.training.cli import weights_app
 from workers.training.weights import (
     DownloadInterrupted,
     WeightsError,
@@ -26,8 +26,8 @@ from workers.training.weights import (
     list_weights,
     read_registry,
 )
-from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
+from workers.xmem.random_init import write_random_checkpoint
 
 
 @dataclass

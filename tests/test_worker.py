@@ -16,8 +16,8 @@ import pytest
 import zmq
 
 from streamer.config import TransportConfig, WorkersConfig, XMemConfig
-from streamer.decoder import DecoderSettings, run_decoder
-from streamer.messages import (
+from streamer.ingest.decoder import DecoderSettings, run_decoder
+from streamer.transport.messages import (
     Cancel,
     EndOfStream,
     ErrorMessage,
@@ -27,7 +27,7 @@ from streamer.messages import (
     MaskMessage,
     Shutdown,
 )
-from streamer.transport import (
+from streamer.transport.sockets import (
     FrameSender,
     JobRejected,
     ResultCollector,
@@ -36,8 +36,8 @@ from streamer.transport import (
 )
 from videos import render_moving_shapes, write_first_mask, write_moving_shape_video
 from workers.worker import WorkerSettings, run_worker
-from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
+from workers.xmem.random_init import write_random_checkpoint
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -225,10 +225,10 @@ def test_decoder_and_worker_give_exactly_the_masks_of_vosd_segment(
 ) -> None:
     """One preprocessing for every path: a real H.264 clip at 160x120 with a working size of 64, through
     the real decoder and worker processes, gives bit-identical masks to `segment_video` in this process."""
-    from streamer.ingest import open_source
+    from streamer.ingest.sources import open_source
     from streamer.masks import read_index_mask
+    from streamer.output.writer import OutputWriter
     from streamer.segment import segment_video
-    from streamer.writer import OutputWriter
     from workers.xmem.checkpoint import load_network
     from workers.xmem.config import InferenceConfig
     from workers.xmem.session import VideoSession

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from streamer.masks import DAVIS_PALETTE, overlay, read_index_mask, rle_decode
-from streamer.writer import OutputWriter, WriterError, durable_frames
+from streamer.output.writer import OutputWriter, WriterError, durable_frames
 from videos import interior, render_moving_shapes
 
 pytestmark = pytest.mark.timeout(60)
@@ -191,7 +191,7 @@ def test_bad_input_is_rejected_with_clear_errors(tmp_path: Path, scene) -> None:
 CRASHING_WRITER = textwrap.dedent(
     """
     import os, signal, sys
-    from streamer.writer import OutputWriter
+    from streamer.output.writer import OutputWriter
     from videos import render_moving_shapes
     out, stop = sys.argv[1], int(sys.argv[2])
     writer = OutputWriter(out, fps=24, source_size=(160, 120))

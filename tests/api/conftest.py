@@ -20,12 +20,12 @@ import httpx
 import pytest
 import yaml
 
-from streamer.redis_server import EmbeddedRedis
+from streamer.queue.redis_server import EmbeddedRedis
 from videos import free_port, write_first_mask, write_moving_shape_video
-from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
+from workers.xmem.random_init import write_random_checkpoint
 
-SERVE = "import typer; from streamer.commands import serve_command; typer.run(serve_command)"
+SERVE = "import typer; from streamer.cli.daemon_commands import serve_command; typer.run(serve_command)"
 TOKEN = "api-test-token"
 JOB_TIMEOUT_S = 120.0
 """Upper bound for a small job on the shared two-core machine; reached only when something is broken."""

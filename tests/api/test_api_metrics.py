@@ -14,8 +14,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from streamer.cli import app
-from streamer.jobs import LATENCY_BUCKETS_S, JobQueue, KeyNames
+from streamer.cli.app import app
+from streamer.queue.jobs import LATENCY_BUCKETS_S, JobQueue, KeyNames
 from videos import LiveServer, free_port
 
 from .conftest import Api

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from streamer.preview import FILE_NAME
+from streamer.output.preview import FILE_NAME
 
 from .conftest import TOKEN, Api
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamer.redis_server import EmbeddedRedis
+from streamer.queue.redis_server import EmbeddedRedis
 from videos import free_port
 
 from .conftest import SERVE, running_daemon, write_config

@@ -87,8 +87,8 @@ def resume_point(outputs: dict[str, Any]) -> int:
     frame = saved_frame(outputs)
     if frame == 0:
         return 0
-    from streamer.writer import durable_frames
-    from streamer.writer_process import output_paths
+    from streamer.output.writer import durable_frames
+    from streamer.output.writer_process import output_paths
 
     durable = durable_frames(output_paths(outputs)["masks"])
     if durable < frame:

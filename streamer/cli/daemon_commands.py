@@ -1,6 +1,6 @@
 """The job commands of `vosd`: serve, submit, status, watch, stop, cancel, jobs.
 
-Each function is a typer command (registered in streamer/cli.py). Imports of Redis, rich and the daemon
+Each function is a typer command (registered in streamer/cli/app.py). Imports of Redis, rich and the daemon
 happen inside the functions, so `vosd --help` stays instant. Every command reads the same configuration
 as the daemon (``--config`` or VOSD_* variables) to find Redis: with no ``redis.url`` that is the
 daemon's embedded server under ``data_dir``.
@@ -21,7 +21,7 @@ import typer
 if TYPE_CHECKING:
     from streamer.api.server import ApiServer
     from streamer.config import VosdConfig
-    from streamer.jobs import DaemonLoad, JobQueue, JobRecord
+    from streamer.queue.jobs import DaemonLoad, JobQueue, JobRecord
 
 ConfigPath = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML configuration (default: built-in defaults).")
@@ -31,12 +31,12 @@ ConfigPath = Annotated[
 @contextmanager
 def _queue(config_path: Path | None) -> Iterator[JobQueue]:
     """A JobQueue on the configured Redis: the daemon's embedded server when it runs, else a temporary one
-    stopped after the command (streamer/redis_server.py: ownership)."""
+    stopped after the command (streamer/queue/redis_server.py: ownership)."""
     import redis
 
     from streamer.config import ConfigError, load_config
-    from streamer.jobs import JobQueue, KeyNames
-    from streamer.redis_server import resolve_redis
+    from streamer.queue.jobs import JobQueue, KeyNames
+    from streamer.queue.redis_server import resolve_redis
 
     try:
         config = load_config(config_path)
@@ -58,7 +58,7 @@ def _queue(config_path: Path | None) -> Iterator[JobQueue]:
 
 
 def _record_or_exit(queue: JobQueue, job_id: str) -> JobRecord:
-    from streamer.jobs import JobNotFound
+    from streamer.queue.jobs import JobNotFound
 
     try:
         return queue.get(job_id)
@@ -93,7 +93,7 @@ def serve_command(config: ConfigPath = None) -> None:
 
     from streamer.config import ConfigError, load_config
     from streamer.daemon import DaemonSettings, serve
-    from streamer.redis_server import RedisStartError
+    from streamer.queue.redis_server import RedisStartError
 
     try:
         settings = load_config(config)
@@ -152,7 +152,7 @@ def submit_command(
     config: ConfigPath = None,
 ) -> None:
     """Queue a job; prints its id."""
-    from streamer.ingest import is_live_uri
+    from streamer.ingest.sources import is_live_uri
 
     options = _parse_options(option or [])
     options.update(overlay=overlay, masks=pngs, rle=rle)
@@ -288,7 +288,7 @@ def watch_command(
     """Show a progress bar until the job ends; exit code 0 when done, 1 when failed or cancelled."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from streamer.jobs import JobState
+    from streamer.queue.jobs import JobState
 
     with _queue(config) as queue:
         record = _record_or_exit(queue, job)
@@ -329,7 +329,7 @@ def cancel_command(
     config: ConfigPath = None,
 ) -> None:
     """Cancel a queued job at once, or a running one within a second; its outputs are discarded."""
-    from streamer.jobs import JobNotFound
+    from streamer.queue.jobs import JobNotFound
 
     with _queue(config) as queue:
         try:
@@ -345,7 +345,7 @@ def stop_command(
     config: ConfigPath = None,
 ) -> None:
     """End a running job now and keep its outputs (done, stopped_early); a queued job is cancelled."""
-    from streamer.jobs import JobNotFound, JobState
+    from streamer.queue.jobs import JobNotFound, JobState
 
     with _queue(config) as queue:
         try:

@@ -25,7 +25,7 @@ import time
 
 import redis
 
-from streamer.redis_server import RedisEndpoint, RedisStartError
+from streamer.queue.redis_server import RedisEndpoint, RedisStartError
 
 logger = logging.getLogger(__name__)
 

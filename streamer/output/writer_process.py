@@ -4,13 +4,13 @@ Why a process of its own: H.264 encoding and PNG compression cost CPU that must 
 outputs must survive a worker crash: this process keeps a job's half-written outputs while the daemon
 restarts the worker and re-runs the job from its last checkpoint or from frame 0.
 
-Checkpoints (streamer/resume.py): the worker's `CheckpointSaved` for frame N is promoted once the masks of
-frames 0..N-1 are written, so the daemon never resumes ahead of the outputs. A run resumed at N sends
+Checkpoints (streamer/output/resume.py): the worker's `CheckpointSaved` for frame N is promoted once the masks
+of frames 0..N-1 are written, so the daemon never resumes ahead of the outputs. A run resumed at N sends
 frames 0..N-1 without masks (overlay only; `OutputWriter(resume=True)` reuses the kept PNGs when this
 process is not the one that wrote them), and completion expects N + the frames sent to the worker.
 
 Messages arrive on one PULL socket (`ResultCollector`); who sends what, and what it means here, is in
-the protocol table (`streamer.messages.protocol_table()`, shown in docs/architecture.md).
+the protocol table (`streamer.transport.messages.protocol_table()`, shown in docs/architecture.md).
 
 Joining. Masks of a job come from one worker, in index order; full-size frames come from one decoder,
 also in index order. A mask is written as soon as its frame is here, so the writer holds at most the
@@ -28,8 +28,8 @@ before the Cancel arrived: EndOfStream again when they are complete under their 
 discard them), otherwise Cancel (nothing of the job is kept). The daemon writes a stopping job's final
 state from that answer, so a job is never marked cancelled while its outputs stay published.
 
-Every written frame is offered to the job's live preview (streamer/preview.py), a small JPEG replaced at
-most five times a second that the HTTP API streams; it is removed with the job.
+Every written frame is offered to the job's live preview (streamer/output/preview.py), a small JPEG replaced
+at most five times a second that the HTTP API streams; it is removed with the job.
 
 Live jobs report Progress for every written frame, so the daemon sees each frame's latency (decoded to
 written) and can keep percentiles over the recent frames; batch jobs report every `progress_interval_s`.
@@ -52,10 +52,11 @@ from typing import Any
 
 import zmq
 
-from streamer import resume
 from streamer.config import TransportConfig, WriterConfig
 from streamer.lifeline import exit_with_parent
-from streamer.messages import (
+from streamer.output import resume
+from streamer.output.preview import PreviewWriter
+from streamer.transport.messages import (
     Cancel,
     CheckpointSaved,
     EndOfStream,
@@ -68,8 +69,7 @@ from streamer.messages import (
     Progress,
     Shutdown,
 )
-from streamer.preview import PreviewWriter
-from streamer.transport import EventReporter, ResultCollector
+from streamer.transport.sockets import EventReporter, ResultCollector
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class WriterLoop:
             )
             return
         self.finished.pop(job_id, None)
-        from streamer.writer import OutputWriter
+        from streamer.output.writer import OutputWriter
 
         paths = output_paths(start.outputs)
         resume_from = start.outputs.get("resume_from", 0)
@@ -328,7 +328,7 @@ class WriterLoop:
             self._complete(job)
 
     def _promote_checkpoint(self, job: WriterJob) -> None:
-        """Vouch for the newest checkpoint whose frames are all written (streamer/resume.py)."""
+        """Vouch for the newest checkpoint whose frames are all written (streamer/output/resume.py)."""
         ready = [frame for frame in job.checkpoints if frame <= job.last_index + 1]
         if ready:
             job.checkpoints = [frame for frame in job.checkpoints if frame > max(ready)]

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from workers.tmo.checkpoint import save_checkpoint
 from workers.tmo.layouts import Layout, from_network_keys
 from workers.tmo.network import TMONetwork, Variant
-from workers.xmem.init import smooth_noise
+from workers.xmem.random_init import smooth_noise
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """The decoder process: one per job, so a source that hangs or crashes takes down nothing but itself.
 
-It opens the source (streamer/ingest.py), checks the first-frame mask against it, then sends every decoded
-frame, at the source size, to the job's worker (through `FrameSender`, credits) and to the writer; what
-each message means on each route is in the protocol table (`streamer.messages.protocol_table()`, shown
-in docs/architecture.md).
+It opens the source (streamer/ingest/sources.py), checks the first-frame mask against it, then sends every
+decoded frame, at the source size, to the job's worker (through `FrameSender`, credits) and to the writer;
+what each message means on each route is in the protocol table
+(`streamer.transport.messages.protocol_table()`, shown in docs/architecture.md).
 
 Why the decoder does not resize: the worker's VideoSession does all preprocessing (normalise, then resize
 the normalised tensor, as XMem's eval.py does), exactly as `vosd segment` and `vosd eval` do, so the three
@@ -13,7 +13,7 @@ job start, hundreds of MiB each) to send float32 tensors that are larger than th
 (docs/architecture.md has the measured bytes and times). One source-size picture also serves worker and
 writer, so the decoder converts each frame once and never resizes.
 
-A batch job resumed from a checkpoint at frame N (``outputs["resume_from"]``, streamer/resume.py) still
+A batch job resumed from a checkpoint at frame N (``outputs["resume_from"]``, streamer/output/resume.py) still
 decodes frames 0..N-1, but sends them only to the writer, which re-encodes the overlay from them with the
 masks it kept; without an overlay they go nowhere. The worker gets frames N.. only.
 
@@ -48,8 +48,8 @@ import zmq
 
 from streamer.config import SourcesConfig, TransportConfig
 from streamer.lifeline import exit_with_parent
-from streamer.messages import Cancel, ErrorMessage, FrameMessage, JobStart, Progress, SourceStatus
-from streamer.transport import (
+from streamer.transport.messages import Cancel, ErrorMessage, FrameMessage, JobStart, Progress, SourceStatus
+from streamer.transport.sockets import (
     EventReporter,
     FrameSender,
     JobRejected,
@@ -169,7 +169,7 @@ class Decoder:
         )
 
     def run(self) -> DecoderState:
-        from streamer.ingest import ReconnectPolicy, SourceError, SourceStopped, open_source
+        from streamer.ingest.sources import ReconnectPolicy, SourceError, SourceStopped, open_source
 
         job_id, sources = self.settings.job_id, self.settings.sources
         self.events.report(SourceStatus(job_id=job_id, state="connecting"))  # also: signals are handled
@@ -226,7 +226,7 @@ class Decoder:
                 return self._fail(code, str(exc))
 
     def _stream(self, source: Any, start: JobStart) -> DecoderState:
-        from streamer.ingest import SourceError
+        from streamer.ingest.sources import SourceError
 
         settings = self.settings
         with FrameSender(
@@ -307,7 +307,7 @@ class Decoder:
         return self.state
 
     def _report_source(self, stats: Any) -> None:
-        """Tell the daemon how the source is doing (SourceStats from streamer/ingest.py)."""
+        """Tell the daemon how the source is doing (SourceStats from streamer/ingest/sources.py)."""
         self._source_reported = time.monotonic()
         job_id = self.settings.job_id
         if stats.state != "streaming" and stats.attempts:

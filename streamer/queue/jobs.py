@@ -162,8 +162,8 @@ class JobRecord(BaseModel):
     )
     resumed_from: int | None = Field(
         default=None,
-        description="Frame the latest run started at: a checkpoint's (streamer/resume.py), or 0 when it "
-        "started from the first frame.",
+        description="Frame the latest run started at: a checkpoint's (streamer/output/resume.py), or 0 when "
+        "it started from the first frame.",
     )
     latency_p50_s: float | None = Field(
         default=None,
@@ -466,7 +466,7 @@ class JobQueue:
     ) -> JobRecord:
         """Record a new job and queue it; raises ValueError if `job_id` is already taken or the source's
         URL scheme is not one the ingest opens (`UnsupportedSourceError`)."""
-        from streamer.ingest import check_supported
+        from streamer.ingest.sources import check_supported
 
         check_supported(source)
         record = JobRecord(

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from streamer.commands import (
+from streamer.cli.daemon_commands import (
     cancel_command,
     jobs_command,
     serve_command,
@@ -20,8 +20,8 @@ from streamer.commands import (
     submit_command,
     watch_command,
 )
-from workers.evaluation.commands import eval_command, score_command
-from workers.training.commands import plot_command, train_command, weights_app
+from workers.evaluation.cli import eval_command, score_command
+from workers.training.cli import plot_command, train_command, weights_app
 
 app = typer.Typer(
     name="vosd",

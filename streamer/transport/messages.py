@@ -423,7 +423,7 @@ class Shutdown(_Message):
 
 @dataclass(frozen=True)
 class Progress(_Message):
-    """Per-job counters for the status hash (streamer/jobs.py): frames done, dropped, rate, latency."""
+    """Per-job counters for the status hash (streamer/queue/jobs.py): frames done, dropped, rate, latency."""
 
     KIND: ClassVar[MessageKind] = MessageKind.PROGRESS
     ROUTES: ClassVar[tuple[Route, ...]] = (
@@ -495,8 +495,8 @@ class SourceStatus(_Message):
 
 @dataclass(frozen=True)
 class CheckpointSaved(_Message):
-    """The worker saved the job's session after frames 0..`frame`-1 (streamer/resume.py); sent after the
-    mask of frame `frame`-1, so the writer can vouch for it once it has written that mask."""
+    """The worker saved the job's session after frames 0..`frame`-1 (streamer/output/resume.py); sent after
+    the mask of frame `frame`-1, so the writer can vouch for it once it has written that mask."""
 
     KIND: ClassVar[MessageKind] = MessageKind.CHECKPOINT_SAVED
     ROUTES: ClassVar[tuple[Route, ...]] = (

@@ -84,7 +84,7 @@ from types import TracebackType
 
 import zmq
 
-from streamer.messages import (
+from streamer.transport.messages import (
     Cancel,
     Credit,
     EndAck,
