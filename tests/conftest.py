@@ -75,3 +75,15 @@ def redis_client(redis_url: str) -> Iterator[redis_lib.Redis]:
     client = redis_lib.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module of model tests: on the busy two-core machines small convolutions run
+    several times faster than with two. Modules ask for it with ``pytest.mark.usefixtures``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

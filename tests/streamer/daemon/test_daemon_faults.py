@@ -15,17 +15,17 @@ import pytest
 import redis as redis_lib
 from typer.testing import CliRunner
 
-from streamer.queue.jobs import JobQueue, JobRecord, JobState, KeyNames
-from streamer.queue.redis_server import Role, resolve_redis
-from test_daemon import (
+from daemon_rig import (
     JOB_TIMEOUT_S,
     Served,
-    _app,
-    _assert_complete_outputs,
-    _launch,
-    _stop,
-    _write_config,
+    assert_complete_outputs,
+    cli_app,
+    launch,
+    stop_daemon,
+    write_config,
 )
+from streamer.queue.jobs import JobQueue, JobRecord, JobState, KeyNames
+from streamer.queue.redis_server import Role, resolve_redis
 from videos import write_first_mask, write_moving_shape_video
 
 pytestmark = pytest.mark.timeout(300)
@@ -73,9 +73,9 @@ def _wait_final(daemons: list[Served], queue: JobQueue, job_ids: list[str]) -> d
 
 
 def _served(data_dir: Path, url: str = "", **redis: object) -> Served:
-    config = _write_config(data_dir, url=url, **redis)
+    config = write_config(data_dir, url=url, **redis)
     log = data_dir / "daemon.log"
-    process = _launch(config, data_dir, log)
+    process = launch(config, data_dir, log)
     socket_path = data_dir / "redis" / "redis.sock"
     client_url = url or f"unix://{socket_path}"
     deadline = time.monotonic() + 60
@@ -109,16 +109,16 @@ def test_daemon_rides_out_its_embedded_redis_being_killed(data_dirs: list[Path],
         record = _wait_final([daemon], daemon.queue, [job])[job]
         assert record.state is JobState.DONE, record.error
         assert (record.frames_done, record.runs, record.attempts) == (96, 1, 1)
-        _assert_complete_outputs(record, 96)
+        assert_complete_outputs(record, 96)
         log = daemon.log.read_text()
         assert "redis unreachable" in log and "redis reachable again" in log
         assert int((data_dirs[0] / "redis" / "redis.pid").read_text()) != server_pid
         status = daemon.queue.redis.hgetall(next(daemon.queue.redis.scan_iter(match="vosd:daemon:*")))
         assert status["redis_outages"] == "1" and float(status["redis_last_outage_s"]) > 0
-        listed = CliRunner().invoke(_app(), ["jobs", "--config", str(daemon.config)])
+        listed = CliRunner().invoke(cli_app(), ["jobs", "--config", str(daemon.config)])
         assert listed.exit_code == 0 and "redis away 1x" in listed.output, listed.output
     finally:
-        _stop(daemon)
+        stop_daemon(daemon)
 
 
 def test_a_command_holding_a_temporary_redis_does_not_take_the_starting_daemon_down(
@@ -141,10 +141,10 @@ def test_a_command_holding_a_temporary_redis_does_not_take_the_starting_daemon_d
         command.close()  # the command ends, and its server with it
         record = _wait_final([daemon], daemon.queue, [job])[job]
         assert record.state is JobState.DONE, record.error
-        _assert_complete_outputs(record, 96)
+        assert_complete_outputs(record, 96)
         assert "ConnectionError" not in daemon.log.read_text()
     finally:
-        _stop(daemon)
+        stop_daemon(daemon)
 
 
 def _children_of(queue: JobQueue, consumer: str) -> list[int]:
@@ -189,7 +189,7 @@ def test_two_daemons_spread_jobs_and_the_survivor_takes_over_every_job_of_a_kill
         for record in final.values():
             assert record.state is JobState.DONE, record.error
             assert record.attempts <= 2, record
-            _assert_complete_outputs(record, 96)
+            assert_complete_outputs(record, 96)
         assert queue.dead_letters() == []
         taken_over = [job for job, holder in zip(jobs, holders, strict=True) if holder == victim_name]
         assert all(final[job].attempts == 2 for job in taken_over)
@@ -203,4 +203,4 @@ def test_two_daemons_spread_jobs_and_the_survivor_takes_over_every_job_of_a_kill
     finally:
         for daemon in (first, second):
             if daemon.process.poll() is None:
-                _stop(daemon)
+                stop_daemon(daemon)

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import re
 import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
+
+from repo_paths import REPO
 
 from .conftest import TOKEN, Api
 
 pytestmark = pytest.mark.timeout(300)
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -68,7 +68,7 @@ def test_dashboard_submits_watches_and_draws_a_mask(api: Api) -> None:
         long = _queued_job(page, expect, previous=drawn)
         page.locator(f'tr[data-id="{long}"] button.preview').click(timeout=60_000)
         page.wait_for_function("document.getElementById('preview').naturalWidth > 0", timeout=30_000)
-        page.screenshot(path=str(ROOT / "docs" / "dashboard.png"), full_page=True)
+        page.screenshot(path=str(REPO / "docs" / "dashboard.png"), full_page=True)
         page.locator(f'tr[data-id="{long}"] button.cancel').click()
         expect(page.locator(f'tr[data-id="{long}"] .state')).to_have_text("cancelled", timeout=60_000)
         browser.close()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from repo_paths import TESTS
 from streamer.masks import DAVIS_PALETTE, overlay, read_index_mask, rle_decode
 from streamer.output.writer import OutputWriter, WriterError, durable_frames
 from videos import interior, render_moving_shapes
@@ -206,7 +207,7 @@ CRASHING_WRITER = textwrap.dedent(
 def test_resume_after_a_killed_writer_keeps_durable_masks(tmp_path: Path, scene) -> None:
     frames, masks = scene
     out = tmp_path / "job"
-    paths = [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+    paths = [str(TESTS), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     done = subprocess.run([sys.executable, "-c", CRASHING_WRITER, str(out), "17"], env=env, timeout=60)
     assert done.returncode == -9

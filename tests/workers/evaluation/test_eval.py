@@ -6,27 +6,20 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from streamer.masks import read_index_mask, write_index_mask
 from workers.evaluation.datasets import DatasetLayoutError, DatasetName, load_dataset
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 H, W = 64, 96
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """One torch thread: on this busy two-core machine small convolutions run far faster than with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_jpeg(path: Path, rng: np.random.Generator, shape: tuple[int, int] = (H, W)) -> None:

@@ -20,13 +20,9 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
 @pytest.fixture(scope="module")
-def network() -> Iterator[XMemNetwork]:
-    """One thread: on a busy small machine tiny convolutions run several times faster than with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield make_random_network(NetworkSpec.small(), seed=7, options=InitOptions(batches=1, batch_size=1,
-                                                                             image_size=(H, W)))
-    torch.set_num_threads(threads)
+def network(one_torch_thread: None) -> XMemNetwork:
+    options = InitOptions(batches=1, batch_size=1, image_size=(H, W))
+    return make_random_network(NetworkSpec.small(), seed=7, options=options)
 
 
 def frames(count: int) -> Iterator[torch.Tensor]:

@@ -3,8 +3,6 @@ frames before the first mask, and input errors, on a small calibrated random net
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -17,16 +15,11 @@ from workers.xmem.network import NetworkSpec, XMemNetwork
 from workers.xmem.random_init import InitOptions, make_random_network
 from workers.xmem.session import IMAGENET_MEAN, IMAGENET_STD, SessionInputError, VideoSession
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 H, W = 48, 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """One torch thread: on this busy two-core machine small convolutions run far faster than with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

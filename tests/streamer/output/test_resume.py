@@ -10,19 +10,18 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import redis as redis_lib
-import torch
 import yaml
 
+from daemon_rig import launch
 from streamer.masks import read_index_mask, write_index_mask
 from streamer.output import resume
 from streamer.queue.jobs import JobQueue, JobRecord, JobState, KeyNames
@@ -32,17 +31,13 @@ from workers.xmem.network import NetworkSpec, XMemNetwork
 from workers.xmem.random_init import InitOptions, make_random_network, write_random_checkpoint
 from workers.xmem.session import VideoSession, load_state, save_state
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 H, W = 48, 64
 FRAMES = 16
 LATE_FRAME = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +142,6 @@ def test_a_checkpoint_is_used_only_while_the_outputs_hold_its_frames(tmp_path: P
 
 # ------------------------------------------------------------------------------------------ the daemon
 
-SERVE = "import typer; from streamer.cli.daemon_commands import serve_command; typer.run(serve_command)"
 JOB_TIMEOUT_S = 300.0
 """Upper bound for one job on the shared two-core machine; reached only when something is broken."""
 CLIP_FRAMES = 64
@@ -165,10 +159,7 @@ def _launch(data_dir: Path, redis_url: str) -> tuple[subprocess.Popen, Path]:
         "writer": {"crf": 30},
     }))
     log = data_dir / "daemon.log"
-    with log.open("w") as sink:
-        process = subprocess.Popen([sys.executable, "-c", SERVE, "--config", str(config)], stdout=sink,
-                                   stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return process, log
+    return launch(config, data_dir, log), log
 
 
 def _wait(

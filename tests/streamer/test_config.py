@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from repo_paths import REPO
 from streamer.config import ConfigError, VosdConfig, load_config
 from streamer.transport.sockets import LiveDropPolicy, QueueSettings
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = REPO / "configs"
 YAML_FILES = sorted(CONFIGS.glob("*.yaml"))
 
 

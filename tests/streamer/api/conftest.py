@@ -25,7 +25,6 @@ from videos import free_port, write_first_mask, write_moving_shape_video
 from workers.xmem.network import NetworkSpec
 from workers.xmem.random_init import write_random_checkpoint
 
-SERVE = "import typer; from streamer.cli.daemon_commands import serve_command; typer.run(serve_command)"
 TOKEN = "api-test-token"
 JOB_TIMEOUT_S = 120.0
 """Upper bound for a small job on the shared two-core machine; reached only when something is broken."""
@@ -109,7 +108,7 @@ def running_daemon(redis_url: str) -> Iterator[Api]:
     log = data_dir / "daemon.log"
     with log.open("w") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-c", SERVE, "--config", str(config)],
+            [sys.executable, "-m", "streamer.cli.app", "serve", "--config", str(config)],
             stdout=sink,
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_NUM_THREADS": "1"},  # one torch thread: the CI machine has two cores

@@ -8,7 +8,7 @@ frame (padded to 80x112, so HW = 5 * 7 = 35 memory elements per frame).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -20,6 +20,8 @@ from workers.xmem.network import NetworkSpec, XMemNetwork
 from workers.xmem.padding import Padding, pad, padding_for, unpad
 from workers.xmem.random_init import InitOptions, make_random_network, write_random_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 HW = 35
@@ -27,13 +29,6 @@ BOXES = {1: (10, 40, 10, 45), 2: (35, 70, 55, 95), 3: (5, 30, 60, 95)}
 """Spec section 5 objects: label -> (top, bottom, left, right), rows and columns inclusive-exclusive."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """One thread: on a busy small machine these small convolutions run faster than with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

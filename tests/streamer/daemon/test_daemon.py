@@ -13,30 +13,29 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import redis as redis_lib
-import typer
 import yaml
 import zmq
 from typer.testing import CliRunner
 
-from streamer.cli.daemon_commands import (
-    cancel_command,
-    jobs_command,
-    status_command,
-    stop_command,
-    submit_command,
-    watch_command,
+from daemon_rig import (
+    GIVE_UP_S,
+    JOB_TIMEOUT_S,
+    Served,
+    assert_complete_outputs,
+    cli_app,
+    frames_of,
+    launch,
+    rle_frames,
+    stop_daemon,
+    write_config,
 )
 from streamer.masks import read_index_mask
 from streamer.output.writer_process import WriterSettings, output_paths, run_writer
@@ -53,88 +52,8 @@ from videos import (
     write_text_file,
     write_zero_byte_file,
 )
-from workers.xmem.network import NetworkSpec
-from workers.xmem.random_init import write_random_checkpoint
 
 pytestmark = pytest.mark.timeout(240)
-
-JOB_TIMEOUT_S = 120.0
-"""Upper bound for a job to finish on the shared two-core machine; reached only when something is broken."""
-
-GIVE_UP_S = 8.0
-"""The test daemon's live sources fail after this many seconds without a frame."""
-
-SERVE = "import typer; from streamer.cli.daemon_commands import serve_command; typer.run(serve_command)"
-
-
-@dataclass
-class Served:
-    """The running daemon and what the tests need to talk to it."""
-
-    process: subprocess.Popen
-    config: Path
-    data_dir: Path
-    queue: JobQueue
-    log: Path
-
-    def submit(self, *args: str) -> str:
-        result = CliRunner().invoke(_app(), ["submit", *args, "--config", str(self.config)])
-        assert result.exit_code == 0, result.output
-        return result.output.strip().splitlines()[-1]
-
-    def wait(
-        self, job_id: str, *, until: JobState | None = None, timeout_s: float = JOB_TIMEOUT_S
-    ) -> JobRecord:
-        """Poll the status hash until the job is final (or in `until`)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            record = self.queue.get(job_id)
-            if record.state.final or record.state is until:
-                return record
-            assert self.process.poll() is None, f"daemon exited: {self.log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"job {job_id} still {record.state.value}: {record}"
-            time.sleep(0.05)
-
-    def wait_progress(self, job_id: str, frames: int) -> JobRecord:
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while True:
-            record = self.queue.get(job_id)
-            if record.frames_done >= frames or record.state.final:
-                return record
-            assert time.monotonic() < deadline, f"job {job_id} made no progress: {record}"
-            time.sleep(0.02)
-
-    def pids(self) -> dict[str, int]:
-        """The daemon's published process table (worker-0, writer, pid)."""
-        keys = list(self.queue.redis.scan_iter(match=self.queue.keys.daemon("*")))
-        assert len(keys) == 1, keys
-        return {
-            name: int(pid)
-            for name, pid in self.queue.redis.hgetall(keys[0]).items()
-            if name in ("pid", "writer") or name.startswith("worker-")
-        }
-
-    def wait_for_new_pid(self, name: str, old: int) -> int:
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while (pid := self.pids().get(name)) in (None, old):
-            assert time.monotonic() < deadline, f"{name} was not restarted"
-            time.sleep(0.05)
-        return pid
-
-
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    for name, command in (
-        ("submit", submit_command),
-        ("status", status_command),
-        ("watch", watch_command),
-        ("cancel", cancel_command),
-        ("stop", stop_command),
-        ("jobs", jobs_command),
-    ):
-        app.command(name)(command)
-    return app
-
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | list[np.ndarray]]:
@@ -151,68 +70,12 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | list[np.
     }
 
 
-def _write_config(data_dir: Path, **redis: object) -> Path:
-    """A daemon config for `data_dir` with a small random network; `redis` overrides the redis section."""
-    checkpoint = write_random_checkpoint(data_dir / "small.pth", NetworkSpec.small(), seed=3)
-    config = data_dir / "vosd.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "data_dir": str(data_dir),
-                "redis": {
-                    "max_attempts": 3,
-                    "visibility_timeout_s": 15.0,
-                    "heartbeat_interval_s": 0.5,
-                    **redis,
-                },
-                "workers": {
-                    "devices": ["cpu"],
-                    "jobs_per_worker": 3,
-                    "size": 64,
-                    "max_objects": 4,
-                    "model_path": str(checkpoint),
-                },
-                "sources": {
-                    "stall_timeout_s": 2.0,
-                    "reconnect_initial_delay_s": 0.2,
-                    "reconnect_max_delay_s": 1.0,
-                    "reconnect_give_up_s": GIVE_UP_S,
-                },
-                "writer": {"crf": 30},
-            }
-        )
-    )
-    return config
-
-
-def _launch(config: Path, data_dir: Path, log: Path) -> subprocess.Popen:
-    with log.open("w") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-c", SERVE, "--config", str(config)],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},  # one torch thread: the CI machine has two cores
-        )
-
-
-def _stop(daemon: Served) -> None:
-    """SIGTERM, which must end in a clean exit 0; kill only if it did not."""
-    try:
-        daemon.process.send_signal(signal.SIGTERM)
-        assert daemon.process.wait(timeout=30) == 0, daemon.log.read_text()[-3000:]
-        assert "daemon stopped" in daemon.log.read_text()
-    finally:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data_dir = Path(tempfile.mkdtemp(prefix="vosd-d-"))  # short: ipc and redis socket paths are limited
-    config = _write_config(data_dir)
+    config = write_config(data_dir)
     log = data_dir / "daemon.log"
-    process = _launch(config, data_dir, log)
+    process = launch(config, data_dir, log)
     socket_path = data_dir / "redis" / "redis.sock"
     deadline = time.monotonic() + 60
     while not socket_path.exists():
@@ -223,30 +86,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     try:
         yield daemon
     finally:
-        _stop(daemon)
+        stop_daemon(daemon)
         client.close()
         shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def _frames_of(path: Path) -> tuple[int, tuple[int, int], float]:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        count = sum(1 for _ in container.decode(stream))
-        return count, (stream.codec_context.width, stream.codec_context.height), float(stream.average_rate)
-
-
-def _rle_frames(path: Path) -> list[int]:
-    return [json.loads(line)["frame"] for line in path.read_text().splitlines()]
-
-
-def _assert_complete_outputs(record: JobRecord, frames: int) -> None:
-    """Every frame exactly once in every output, under the final names, nothing temporary left."""
-    assert set(record.outputs) == {"overlay", "masks", "rle"}
-    overlay, masks, rle = (Path(record.outputs[k]) for k in ("overlay", "masks", "rle"))
-    assert _frames_of(overlay) == (frames, (160, 120), 24.0)
-    assert sorted(p.name for p in masks.iterdir()) == [f"{i:05d}.png" for i in range(frames)]
-    assert _rle_frames(rle) == list(range(frames))
-    assert not [p for p in overlay.parent.iterdir() if p.name.endswith(".part")]
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -260,17 +102,17 @@ def test_batch_job_through_the_daemon_writes_complete_outputs(served: Served, cl
     assert (record.frames_done, record.frames_total, record.dropped_frames) == (48, 48, 0)
     assert (record.runs, record.attempts, record.latency_p50_s) == (1, 1, None)  # latency is for live jobs
     assert record.started_at and record.finished_at and record.finished_at >= record.started_at
-    _assert_complete_outputs(record, 48)
+    assert_complete_outputs(record, 48)
     first = read_index_mask(Path(record.outputs["masks"]) / "00000.png")
     for label in (1, 2):  # frame 0 is the given mask, back at the source size after the 64-pixel model
         assert _iou(first == label, clips["masks"][0] == label) > 0.8
 
     runner = CliRunner()
-    status = runner.invoke(_app(), ["status", job, "--json", "--config", str(served.config)])
+    status = runner.invoke(cli_app(), ["status", job, "--json", "--config", str(served.config)])
     assert status.exit_code == 0 and json.loads(status.output)["state"] == "done"
-    watched = runner.invoke(_app(), ["watch", job, "--config", str(served.config)])
+    watched = runner.invoke(cli_app(), ["watch", job, "--config", str(served.config)])
     assert watched.exit_code == 0 and record.outputs["overlay"] in watched.output
-    listed = runner.invoke(_app(), ["jobs", "--config", str(served.config)])
+    listed = runner.invoke(cli_app(), ["jobs", "--config", str(served.config)])
     assert listed.exit_code == 0 and job in listed.output
 
 
@@ -284,7 +126,7 @@ def test_worker_killed_mid_job_is_restarted_and_the_job_completes_exactly_once(s
     assert record.state is JobState.DONE, record.error
     assert record.frames_done == 96
     assert (record.runs, record.attempts) == (2, 1)  # re-run by the daemon: one delivery, two runs
-    _assert_complete_outputs(record, 96)
+    assert_complete_outputs(record, 96)
     assert served.pids()["worker-0"] != worker
     assert "re-run (run 1 failed: worker-0 died (exit code -9))" in served.log.read_text()
 
@@ -297,7 +139,7 @@ def test_cancel_of_a_running_job_stops_it_and_leaves_no_outputs(
         out = tmp_path / "cancelled"
         job = served.submit(server.url, "--live", "--mask", str(clips["mask"]), "--output", str(out))
         served.wait_progress(job, 5)
-        result = CliRunner().invoke(_app(), ["cancel", job, "--config", str(served.config)])
+        result = CliRunner().invoke(cli_app(), ["cancel", job, "--config", str(served.config)])
         assert result.exit_code == 0 and "cancel requested" in result.output
         asked = time.monotonic()
         record = served.wait(job, timeout_s=10)
@@ -328,12 +170,12 @@ def test_live_stream_cut_and_restarted_reconnects_and_the_job_continues(served: 
     assert (
         record.frames_done + record.dropped_frames == 240
     )  # each decoded frame is written or counted dropped
-    count, size, _ = _frames_of(Path(record.outputs["overlay"]))
+    count, size, _ = frames_of(Path(record.outputs["overlay"]))
     assert count == record.frames_done and size == (160, 120)
     # Monitoring through the queue: decoded-to-written latency percentiles of the recent frames.
     assert record.latency_p50_s is not None and record.latency_p95_s is not None
     assert 0 < record.latency_p50_s <= record.latency_p95_s
-    status = CliRunner().invoke(_app(), ["status", job, "--config", str(served.config)])
+    status = CliRunner().invoke(cli_app(), ["status", job, "--config", str(served.config)])
     assert status.exit_code == 0 and "latency_p50_s" in status.output and "latency_p95_s" in status.output
 
 
@@ -382,7 +224,7 @@ def test_bad_inputs_fail_with_clear_messages_while_the_daemon_keeps_serving(
         assert not out.exists() or not list(out.iterdir()), (name, list(out.iterdir()))
     record = served.wait(good)
     assert record.state is JobState.DONE, record.error
-    _assert_complete_outputs(record, 48)
+    assert_complete_outputs(record, 48)
 
 
 def test_job_whose_worker_keeps_dying_goes_to_the_dead_letter_stream(served: Served, clips) -> None:
@@ -487,22 +329,22 @@ def test_sigterm_hands_running_jobs_back_and_the_next_daemon_completes_them(redi
     data_dir = Path(tempfile.mkdtemp(prefix="vosd-g-"))
     # The visibility timeout is far past this test's patience: only an immediate hand-back lets the job
     # resume.
-    config = _write_config(data_dir, url=redis_url, key_prefix="drain", visibility_timeout_s=600.0)
+    config = write_config(data_dir, url=redis_url, key_prefix="drain", visibility_timeout_s=600.0)
     queue = JobQueue(redis_lib.Redis.from_url(redis_url, decode_responses=True), keys=KeyNames("drain"))
     try:
         first = Served(
-            _launch(config, data_dir, data_dir / "first.log"), config, data_dir, queue, data_dir / "first.log"
+            launch(config, data_dir, data_dir / "first.log"), config, data_dir, queue, data_dir / "first.log"
         )
         job = first.submit(str(clips["long"]), "--mask", str(clips["long_mask"]))
         running = first.wait_progress(job, 10)
         assert running.state is JobState.RUNNING and running.frames_done < 96, running
-        _stop(first)
+        stop_daemon(first)
         record = queue.get(job)
         assert (record.state, record.attempts, record.runs) == (JobState.QUEUED, 1, 1), record
         assert "handed back" in first.log.read_text()
 
         second = Served(
-            _launch(config, data_dir, data_dir / "second.log"),
+            launch(config, data_dir, data_dir / "second.log"),
             config,
             data_dir,
             queue,
@@ -511,10 +353,10 @@ def test_sigterm_hands_running_jobs_back_and_the_next_daemon_completes_them(redi
         try:
             record = second.wait(job)
         finally:
-            _stop(second)
+            stop_daemon(second)
         assert record.state is JobState.DONE, record.error
         assert (record.attempts, record.runs, record.frames_done) == (1, 2, 96)  # the hand-back did not count
-        _assert_complete_outputs(record, 96)
+        assert_complete_outputs(record, 96)
     finally:
         queue.redis.close()
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -529,7 +371,7 @@ def _wait_status(served: Served, job_id: str, what: str, predicate) -> JobRecord
 
 
 def _status_json(served: Served, job_id: str) -> dict:
-    result = CliRunner().invoke(_app(), ["status", job_id, "--json", "--config", str(served.config)])
+    result = CliRunner().invoke(cli_app(), ["status", job_id, "--json", "--config", str(served.config)])
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
@@ -545,7 +387,7 @@ def test_live_source_that_never_connects_shows_reconnecting_then_fails_within_it
     assert record.last_frame_at is None
     status = _status_json(served, job)
     assert status["source_state"] == "reconnecting" and status["seconds_without_frame"] >= 0
-    listed = CliRunner().invoke(_app(), ["jobs", "--config", str(served.config)])
+    listed = CliRunner().invoke(cli_app(), ["jobs", "--config", str(served.config)])
     assert "reconnecting" in listed.output and "attempts" in listed.output, listed.output
     record = served.wait(job)
     assert record.state is JobState.FAILED, record
@@ -593,17 +435,17 @@ def test_stop_ends_a_running_live_job_and_keeps_complete_outputs(
         out = tmp_path / "stopped"
         job = served.submit(server.url, "--live", "--mask", str(clips["mask"]), "--output", str(out))
         served.wait_progress(job, 8)
-        result = CliRunner().invoke(_app(), ["stop", job, "--config", str(served.config)])
+        result = CliRunner().invoke(cli_app(), ["stop", job, "--config", str(served.config)])
         assert result.exit_code == 0 and "stop requested" in result.output, result.output
         record = served.wait(job, timeout_s=30)
     assert record.state is JobState.DONE and record.stopped_early, record
     assert record.frames_done >= 8 and record.error is None
     overlay, masks, rle = (Path(record.outputs[k]) for k in ("overlay", "masks", "rle"))
-    assert _frames_of(overlay)[:2] == (record.frames_done, (160, 120))
+    assert frames_of(overlay)[:2] == (record.frames_done, (160, 120))
     assert sorted(p.name for p in masks.iterdir()) == [f"{i:05d}.png" for i in range(record.frames_done)]
-    assert _rle_frames(rle) == list(range(record.frames_done))
+    assert rle_frames(rle) == list(range(record.frames_done))
     assert not [p for p in out.iterdir() if p.name.endswith(".part")]
-    listed = CliRunner().invoke(_app(), ["jobs", "--config", str(served.config)])
+    listed = CliRunner().invoke(cli_app(), ["jobs", "--config", str(served.config)])
     assert "stopped early" in listed.output
 
 
@@ -614,7 +456,7 @@ def test_stop_ends_a_batch_job_early_with_the_frames_so_far(served: Served, clip
     record = served.wait(job)
     assert record.state is JobState.DONE and record.stopped_early, record
     assert 10 <= record.frames_done < 96 and record.frames_total == 96
-    _assert_complete_outputs(record, record.frames_done)
+    assert_complete_outputs(record, record.frames_done)
 
 
 def test_stop_of_a_queued_job_cancels_it_and_says_nothing_was_produced(served: Served, clips) -> None:
@@ -623,10 +465,10 @@ def test_stop_of_a_queued_job_cancels_it_and_says_nothing_was_produced(served: S
     data["redis"]["key_prefix"] = "idle"
     idle.write_text(yaml.safe_dump(data))
     runner = CliRunner()
-    submitted = runner.invoke(_app(), ["submit", str(clips["video"]), "--mask", str(clips["mask"]),
+    submitted = runner.invoke(cli_app(), ["submit", str(clips["video"]), "--mask", str(clips["mask"]),
                                        "--config", str(idle)])
     job = submitted.output.strip().splitlines()[-1]
-    result = runner.invoke(_app(), ["stop", job, "--config", str(idle)])
+    result = runner.invoke(cli_app(), ["stop", job, "--config", str(idle)])
     assert result.exit_code == 0, result.output
     assert "cancelled: it was still queued, so nothing was produced" in result.output
     record = JobQueue(served.queue.redis, keys=KeyNames("idle")).get(job)
@@ -638,7 +480,7 @@ def test_stop_of_a_queued_job_cancels_it_and_says_nothing_was_produced(served: S
 def test_submit_refuses_unsupported_schemes_and_queues_nothing(served: Served, clips, uri: str) -> None:
     before = [record.id for record in served.queue.list_jobs(limit=1000)]
     result = CliRunner().invoke(
-        _app(), ["submit", uri, "--mask", str(clips["mask"]), "--config", str(served.config)]
+        cli_app(), ["submit", uri, "--mask", str(clips["mask"]), "--config", str(served.config)]
     )
     assert result.exit_code != 0
     assert f"{uri}: unsupported source scheme" in result.output, result.output

@@ -16,6 +16,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from repo_paths import REPO
 from workers.tmo import load_network
 from workers.tmo.flow import flow_to_colour
 from workers.training.cli import train_command
@@ -34,7 +35,6 @@ from workers.training.tmo_trainer import lite_imagenet_network, train_tmo
 from workers.training.trainer import TrainingError, read_training_state
 
 SIDE = 64
-REPO = Path(__file__).resolve().parent.parent
 
 
 def square_frame(left: int, top: int = 20, size: int = 24, shape: tuple[int, int] = (72, 96)

@@ -5,13 +5,11 @@ declared route that is not a forward."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 from typing import get_args
 
+from repo_paths import REPO
 from streamer.transport import messages
 from streamer.transport.messages import Process, protocol_table
-
-ROOT = Path(__file__).resolve().parents[1]
 
 BUILDERS: dict[tuple[str, str], Process] = {
     ("streamer/ingest/decoder.py", "Decoder"): Process.DECODER,
@@ -29,7 +27,7 @@ MESSAGE_CLASSES = {cls.__name__: cls for cls in get_args(messages.Message)}
 
 def _built_in(path: str, scope: str) -> set[str]:
     """Message classes constructed inside `scope` (a top-level class or function) of a module."""
-    tree = ast.parse((ROOT / path).read_text())
+    tree = ast.parse((REPO / path).read_text())
     owner = next(
         node
         for node in tree.body
@@ -43,7 +41,7 @@ def _built_in(path: str, scope: str) -> set[str]:
 
 
 def test_the_architecture_document_shows_the_protocol_table() -> None:
-    text = (ROOT / "docs" / "architecture.md").read_text()
+    text = (REPO / "docs" / "architecture.md").read_text()
     block = text.split("<!-- protocol:start -->", 1)[1].split("<!-- protocol:end -->", 1)[0]
     assert block.strip().strip("`").strip() == protocol_table()
 

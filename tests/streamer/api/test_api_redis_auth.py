@@ -19,7 +19,7 @@ import redis
 from streamer.queue.redis_server import EmbeddedRedis
 from videos import free_port
 
-from .conftest import SERVE, running_daemon, write_config
+from .conftest import running_daemon, write_config
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -64,7 +64,7 @@ def test_a_wrong_password_stops_serve_with_a_clear_message(
     server, _ = locked_redis
     url = f"unix://:not-the-password@{server.socket_path}?db=0"
     config = write_config(ipc_dir, ipc_dir, url, free_port())
-    command = [sys.executable, "-c", SERVE, "--config", str(config)]
+    command = [sys.executable, "-m", "streamer.cli.app", "serve", "--config", str(config)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "not-the-password" not in result.stderr
