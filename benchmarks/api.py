@@ -28,10 +28,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from videos import free_port, write_first_mask, write_moving_shape_video
-from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
+from workers.xmem.random_init import write_random_checkpoint
 
-SERVE = "import typer; from streamer.commands import serve_command; typer.run(serve_command)"
 TOKEN = "benchmark-token"
 
 
@@ -48,7 +47,7 @@ def start_daemon(directory: Path, args: argparse.Namespace) -> tuple[subprocess.
     )
     log = (directory / "daemon.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "--config", str(config)],
+        [sys.executable, "-m", "streamer.cli.app", "serve", "--config", str(config)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},

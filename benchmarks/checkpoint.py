@@ -26,8 +26,8 @@ from streamer.masks import read_index_mask
 from workers.evaluation.runner import read_frame
 from workers.xmem.checkpoint import load_network
 from workers.xmem.config import InferenceConfig
-from workers.xmem.init import write_random_checkpoint
 from workers.xmem.network import NetworkSpec
+from workers.xmem.random_init import write_random_checkpoint
 from workers.xmem.session import VideoSession, load_state, save_state
 
 DEFAULT_ROOT = Path("/work/shared/data/davis16-dev")

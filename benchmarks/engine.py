@@ -59,8 +59,8 @@ def load_model(checkpoint: Path | None, device: torch.device) -> torch.nn.Module
         from workers.xmem.checkpoint import load_network
 
         return load_network(checkpoint, device=device)
-    from workers.xmem.init import make_random_network
     from workers.xmem.network import NetworkSpec
+    from workers.xmem.random_init import make_random_network
 
     return make_random_network(NetworkSpec.official(), seed=0).to(device)
 

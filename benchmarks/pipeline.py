@@ -37,10 +37,10 @@ import psutil
 import zmq
 
 from streamer.config import TransportConfig, WorkersConfig
-from streamer.decoder import DecoderSettings, run_decoder
-from streamer.messages import EndOfStream, ErrorMessage, Heartbeat, Progress, Shutdown
-from streamer.transport import ResultCollector, ResultSender, send_control
-from streamer.writer_process import WriterSettings, run_writer
+from streamer.ingest.decoder import DecoderSettings, run_decoder
+from streamer.output.writer_process import WriterSettings, run_writer
+from streamer.transport.messages import EndOfStream, ErrorMessage, Heartbeat, Progress, Shutdown
+from streamer.transport.sockets import ResultCollector, ResultSender, send_control
 from workers.worker import WorkerSettings, run_worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -188,7 +188,7 @@ def model_fps(checkpoint: Path, clip: Path, mask: np.ndarray, args: argparse.Nam
     """Bare `VideoSession.step` on the source frames of `clip`, decoded beforehand."""
     import torch
 
-    from streamer.ingest import open_source
+    from streamer.ingest.sources import open_source
 
     with open_source(clip, live=False) as source:
         frames = [frame.image for frame in source]
@@ -204,9 +204,9 @@ def model_fps(checkpoint: Path, clip: Path, mask: np.ndarray, args: argparse.Nam
 
 def segment_fps(checkpoint: Path, clip: Path, mask: np.ndarray, args: argparse.Namespace, out: Path) -> float:
     """`vosd segment` on `clip`, writing the outputs a daemon job writes (overlay, PNGs, RLE)."""
-    from streamer.ingest import open_source
+    from streamer.ingest.sources import open_source
+    from streamer.output.writer import OutputWriter
     from streamer.segment import segment_video
-    from streamer.writer import OutputWriter
 
     session = _session(checkpoint, args)
     with open_source(clip, live=False) as source:
@@ -242,8 +242,8 @@ def main() -> None:
     try:
         checkpoint = args.checkpoint
         if checkpoint is None:
-            from workers.xmem.init import write_random_checkpoint
             from workers.xmem.network import NetworkSpec
+            from workers.xmem.random_init import write_random_checkpoint
 
             spec = NetworkSpec.small() if args.small else NetworkSpec()
             checkpoint = write_random_checkpoint(directory / "random.pth", spec)

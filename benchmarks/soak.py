@@ -36,13 +36,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from streamer.jobs import JobQueue, JobState  # noqa: E402
-from streamer.redis_server import EmbeddedRedis  # noqa: E402
+from streamer.queue.jobs import JobQueue, JobState  # noqa: E402
+from streamer.queue.redis_server import EmbeddedRedis  # noqa: E402
 from videos import write_first_mask, write_moving_shape_video  # noqa: E402
-from workers.xmem.init import write_random_checkpoint  # noqa: E402
 from workers.xmem.network import NetworkSpec  # noqa: E402
+from workers.xmem.random_init import write_random_checkpoint  # noqa: E402
 
-SERVE = "import typer; from streamer.commands import serve_command; typer.run(serve_command)"
 FRAMES = 72
 
 
@@ -70,7 +69,7 @@ class Daemon:
         self.starts += 1
         log = (self.data_dir / f"daemon-{self.starts}.log").open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", SERVE, "--config", str(self.config)],
+            [sys.executable, "-m", "streamer.cli.app", "serve", "--config", str(self.config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_NUM_THREADS": "1"},

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from workers.tmo.flow import DISFlow, flow_to_colour
-from workers.tmo.init import TMOInitOptions, make_random_network
+from workers.tmo.random_init import TMOInitOptions, make_random_network
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from streamer.transport import LiveDropPolicy, QueueSettings
+from streamer.transport.sockets import LiveDropPolicy, QueueSettings
 from workers.xmem.config import InferenceConfig
 
 MAX_IPC_PATH = 100
@@ -301,7 +301,7 @@ class HttpConfig(_Section):
     )
     source_schemes: list[str] = Field(
         default_factory=lambda: ["rtsp", "rtsps"],
-        description="URL schemes API jobs may use, a subset of streamer.ingest.SUPPORTED_SCHEMES.",
+        description="URL schemes API jobs may use, a subset of streamer.ingest.sources.SUPPORTED_SCHEMES.",
     )
 
     @field_validator("listen")
@@ -314,7 +314,7 @@ class HttpConfig(_Section):
     @field_validator("source_schemes")
     @classmethod
     def _schemes(cls, schemes: list[str]) -> list[str]:
-        from streamer.ingest import SUPPORTED_SCHEMES
+        from streamer.ingest.sources import SUPPORTED_SCHEMES
 
         unknown = sorted(set(schemes) - SUPPORTED_SCHEMES)
         if unknown:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from streamer.ingest import DecodedFrame, Source
-from streamer.writer import OutputWriter, WriterReport
+from streamer.ingest.sources import DecodedFrame, Source
+from streamer.output.writer import OutputWriter, WriterReport
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -151,9 +151,9 @@ def segment_video(
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from streamer.config import ConfigError
-    from streamer.ingest import SourceError
+    from streamer.ingest.sources import SourceError
     from streamer.masks import MaskFileError
-    from streamer.writer import WriterError
+    from streamer.output.writer import WriterError
     from workers.training.weights import WeightsError
     from workers.xmem.checkpoint import CheckpointError
     from workers.xmem.session import SessionInputError
@@ -185,7 +185,7 @@ def run_segment(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from streamer.config import load_config
-    from streamer.ingest import open_source
+    from streamer.ingest.sources import open_source
     from streamer.masks import read_index_mask
     from workers.training.weights import model_path
     from workers.xmem.checkpoint import load_network

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from streamer.redis_server import EmbeddedRedis
+from streamer.queue.redis_server import EmbeddedRedis
 
 SPAWN = multiprocessing.get_context("spawn")
 """Children are spawned, never forked, like the daemon's processes (CUDA and ZeroMQ contexts do not fork)."""
@@ -75,3 +75,15 @@ def redis_client(redis_url: str) -> Iterator[redis_lib.Redis]:
     client = redis_lib.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module of model tests: on the busy two-core machines small convolutions run
+    several times faster than with two. Modules ask for it with ``pytest.mark.usefixtures``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

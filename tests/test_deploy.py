@@ -10,14 +10,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from streamer.cli import app
+from repo_paths import REPO
+from streamer.cli.app import app
 from streamer.config import ConfigError, load_config
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_kubernetes_configmap_is_a_valid_vosd_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    documents = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/vosd.yaml").read_text()))
+    documents = list(yaml.safe_load_all((REPO / "deploy/kubernetes/vosd.yaml").read_text()))
     configmap = next(d for d in documents if d["kind"] == "ConfigMap")
     path = tmp_path / "config.yaml"
     path.write_text(configmap["data"]["config.yaml"])
@@ -42,7 +41,7 @@ def test_kubernetes_configmap_is_a_valid_vosd_config(tmp_path: Path, monkeypatch
 
 
 def test_kubernetes_redis_is_a_stateful_set_with_a_volume_and_a_password() -> None:
-    documents = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/vosd.yaml").read_text()))
+    documents = list(yaml.safe_load_all((REPO / "deploy/kubernetes/vosd.yaml").read_text()))
     redis_set = next(d for d in documents if d["kind"] == "StatefulSet")
     service = next(d for d in documents if d["kind"] == "Service" and d["metadata"]["name"] == "vosd-redis")
     assert redis_set["spec"]["serviceName"] == service["metadata"]["name"]
@@ -58,7 +57,7 @@ def test_kubernetes_redis_is_a_stateful_set_with_a_volume_and_a_password() -> No
 
 
 def test_compose_services_volumes_ports_and_secrets_fit_together(monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = ROOT / "deploy/compose"
+    folder = REPO / "deploy/compose"
     compose = yaml.safe_load((folder / "compose.yaml").read_text())
     services = compose["services"]
     assert set(services) == {"redis", "vosd-1", "vosd-2", "prometheus"}
@@ -103,7 +102,7 @@ def test_compose_services_volumes_ports_and_secrets_fit_together(monkeypatch: py
 
 
 def test_docker_healthcheck_probes_the_port_the_image_listens_on() -> None:
-    dockerfile = (ROOT / "deploy/docker/Dockerfile").read_text()
+    dockerfile = (REPO / "deploy/docker/Dockerfile").read_text()
     listen = re.search(r"VOSD_HTTP__LISTEN=(\S+)", dockerfile).group(1)
     port = listen.rpartition(":")[2]
     assert f"EXPOSE {port}" in dockerfile
@@ -111,9 +110,9 @@ def test_docker_healthcheck_probes_the_port_the_image_listens_on() -> None:
 
 
 def test_deployed_commands_are_real_vosd_commands() -> None:
-    unit = (ROOT / "deploy/systemd/vosd.service").read_text()
+    unit = (REPO / "deploy/systemd/vosd.service").read_text()
     exec_start = re.search(r"^ExecStart=(.+)$", unit, re.MULTILINE).group(1)
-    dockerfile = (ROOT / "deploy/docker/Dockerfile").read_text()
+    dockerfile = (REPO / "deploy/docker/Dockerfile").read_text()
     cmd = yaml.safe_load(re.search(r"^CMD (.+)$", dockerfile, re.MULTILINE).group(1))
     for argv in (shlex.split(exec_start)[1:], cmd):
         assert argv[0] == "serve"
@@ -123,5 +122,5 @@ def test_deployed_commands_are_real_vosd_commands() -> None:
 
 
 def test_shipped_configs_load() -> None:
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
+    for path in sorted((REPO / "configs").glob("*.yaml")):
         load_config(path)

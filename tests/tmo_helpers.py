@@ -12,8 +12,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor
 
-from workers.tmo.init import TMOInitOptions, make_random_network
 from workers.tmo.network import TMONetwork
+from workers.tmo.random_init import TMOInitOptions, make_random_network
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

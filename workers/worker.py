@@ -2,10 +2,10 @@
 
 Why one process per device: the network is loaded once and stays resident (no fork per job, no CUDA
 re-initialisation), and XMem's per-video memory lives here, so every frame of a job is routed to this
-process (streamer/transport.py) and nowhere else.
+process (streamer/transport/sockets.py) and nowhere else.
 
 Messages in and out (FrameInbox with credit flow control; ResultSender to the writer, lossless): see
-the protocol table (`streamer.messages.protocol_table()`, shown in docs/architecture.md).
+the protocol table (`streamer.transport.messages.protocol_table()`, shown in docs/architecture.md).
 
 The loop has explicit states: STARTING (loading the network, nothing bound yet), READY, DRAINING (no new
 jobs, finishing the held ones), STOPPED. The inbox is bound only once the network is loaded, so a decoder
@@ -16,8 +16,8 @@ either (SIGKILL after the daemon's stop grace, a crash) is noticed by the daemon
 in its place (`transport.release_job`); so no job holds a session here after its decoder is gone, and
 there is no idle timeout that could drop a live job whose camera is reconnecting.
 
-Batch jobs are checkpointed every `checkpoint_every_s` (streamer/resume.py): the session state goes next
-to the job's outputs, and a JobStart with ``outputs["resume_from"]`` = N loads it and continues at frame
+Batch jobs are checkpointed every `checkpoint_every_s` (streamer/output/resume.py): the session state goes
+next to the job's outputs, and a JobStart with ``outputs["resume_from"]`` = N loads it and continues at frame
 N, bit-identically, instead of starting over from the first-frame mask.
 
 Per-job options are daemon-wide inference options overridden by the job's own (JobStart.options), so one
@@ -42,7 +42,8 @@ import zmq
 
 from streamer.config import TransportConfig, WorkersConfig, XMemConfig
 from streamer.lifeline import exit_with_parent
-from streamer.messages import (
+from streamer.output.resume import checkpoint_path, pending_path, resumable
+from streamer.transport.messages import (
     Cancel,
     CheckpointSaved,
     EndOfStream,
@@ -54,8 +55,7 @@ from streamer.messages import (
     Message,
     Shutdown,
 )
-from streamer.resume import checkpoint_path, pending_path, resumable
-from streamer.transport import EventReporter, FrameInbox, ResultSender, TransportError
+from streamer.transport.sockets import EventReporter, FrameInbox, ResultSender, TransportError
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class Worker:
 
     def _checkpoint(self, job: WorkerJob, frame: int) -> None:
         """Save the session after frames 0..frame-1 and tell the writer, which promotes the file once
-        those frames' masks are written (streamer/resume.py). A failed save costs only the resume."""
+        those frames' masks are written (streamer/output/resume.py). A failed save costs only the resume."""
         from workers.xmem.session import save_state
 
         job_id = job.start.job_id

@@ -10,7 +10,7 @@ Off unless ``http.listen`` is set (streamer.config.HttpConfig). Modules:
 * ``dashboard`` / and static/ (index.html, dashboard.js)
 * ``server``    uvicorn on a thread of the daemon process
 
-Wiring (streamer/commands.py serve_command)::
+Wiring (streamer/cli/daemon_commands.py serve_command)::
 
     api = start_api(config)      # None when http.listen is empty; ApiStartError when it cannot listen
     ...run the daemon...

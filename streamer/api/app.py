@@ -23,8 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from streamer.api.models import ErrorBody
 from streamer.api.sources import SourcePolicy
 from streamer.config import VosdConfig
-from streamer.jobs import JobQueue, KeyNames
-from streamer.redis_server import EmbeddedRedis
+from streamer.queue.jobs import JobQueue, KeyNames
+from streamer.queue.redis_server import EmbeddedRedis
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

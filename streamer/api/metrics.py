@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from streamer.api.app import ApiContext, Ctx, error_response
 from streamer.api.auth import require_token
-from streamer.jobs import LATENCY_BUCKETS_S, JobQueue, JobState
+from streamer.queue.jobs import LATENCY_BUCKETS_S, JobQueue, JobState
 
 router = APIRouter(tags=["operations"])
 

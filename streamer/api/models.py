@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from streamer.config import XMemConfig
-from streamer.jobs import JobRecord
+from streamer.queue.jobs import JobRecord
 
 MAX_POLYGONS = 256
 MAX_POINTS = 4096

@@ -1,8 +1,8 @@
 """``GET /jobs/{id}/preview``: the newest overlay frames of a running job as MJPEG
 (``multipart/x-mixed-replace``), which a browser shows in a plain ``<img>``.
 
-Each viewer polls the preview file the writer replaces (streamer/preview.py) and sends it when it changed,
-so a slow viewer only skips frames: its send waits on its own TCP connection, never on the writer. At
+Each viewer polls the preview file the writer replaces (streamer/output/preview.py) and sends it when it
+changed, so a slow viewer only skips frames: its send waits on its own TCP connection, never on the writer. At
 most `MAX_VIEWERS` streams run at once (503 beyond), and a stream ends when the job stops running.
 """
 
@@ -21,8 +21,8 @@ from fastapi.responses import StreamingResponse
 from streamer.api.app import Ctx
 from streamer.api.auth import require_token_or_query
 from streamer.api.routes import job_folder
-from streamer.jobs import JobNotFound, JobQueue, JobRecord, JobState
-from streamer.preview import preview_path
+from streamer.output.preview import preview_path
+from streamer.queue.jobs import JobNotFound, JobQueue, JobRecord, JobState
 
 router = APIRouter(dependencies=[Depends(require_token_or_query)])
 

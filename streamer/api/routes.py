@@ -37,8 +37,8 @@ from streamer.api.sources import (
     save_polygon_mask,
     upload_name,
 )
-from streamer.ingest import is_live_uri
-from streamer.jobs import JobNotFound, JobQueue, JobRecord, JobState
+from streamer.ingest.sources import is_live_uri
+from streamer.queue.jobs import JobNotFound, JobQueue, JobRecord, JobState
 
 router = APIRouter(dependencies=[Depends(require_token)])
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from streamer.api.models import PolygonMask
-from streamer.ingest import SourceError, UnsupportedSourceError, check_supported, open_source
+from streamer.ingest.sources import SourceError, UnsupportedSourceError, check_supported, open_source
 from streamer.masks import MaskFileError, read_index_mask, write_index_mask
 
 VIDEO_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")

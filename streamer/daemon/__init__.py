@@ -3,13 +3,13 @@
 Processes (spawned, never forked; see docs/architecture.md)::
 
     supervisor (supervisor.py) one loop: hand-backs -> events -> children -> jobs -> Redis round
-    writer                    streamer/writer_process.py, one
+    writer                    streamer/output/writer_process.py, one
     worker-<i>                workers/worker.py, one per configured device
-    decoder                   streamer/decoder.py, one per running job
+    decoder                   streamer/ingest/decoder.py, one per running job
 
 Every child reports on one PULL socket bound here (`events_endpoint`): Heartbeat, Progress, Error, and
 the writer's EndOfStream, which means a job's outputs are complete under their final names. The
-supervisor is the only Redis client: it claims jobs (streamer/jobs.py), renews their leases (each
+supervisor is the only Redis client: it claims jobs (streamer/queue/jobs.py), renews their leases (each
 renewal carries the job's progress), and writes final states. (A "heartbeat" is only ever a child's
 liveness message; Redis has leases.)
 
@@ -17,7 +17,7 @@ Failure handling, the part users of other queues complain about:
 
 * a worker or the writer that dies (or stops sending heartbeats for `process_timeout_s`) is restarted
   at once; its jobs are re-run on a live worker, from their last checkpoint when the outputs still hold
-  its frames (streamer/resume.py; `resumed_from` in the status) or else from frame 0, and the writer's
+  its frames (streamer/output/resume.py; `resumed_from` in the status) or else from frame 0, and the writer's
   duplicate handling means each frame is still written exactly once. A job re-run `max_attempts` times is
   given up (`JobQueue.give_up`: failed, with a dead-letter entry). The status hash counts every run (`runs`);
 * a decoder that crashes re-runs its job the same way; a decoder that reports an error (unopenable,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from streamer.messages import Heartbeat
+from streamer.transport.messages import Heartbeat
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamer.jobs import LATENCY_BUCKETS_S, Claim, JobProgress, JobState
-from streamer.messages import SourceStatus
+from streamer.queue.jobs import LATENCY_BUCKETS_S, Claim, JobProgress, JobState
+from streamer.transport.messages import SourceStatus
 
 if TYPE_CHECKING:
     from streamer.daemon.children import Child

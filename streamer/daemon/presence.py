@@ -18,7 +18,7 @@ import psutil
 from redis.typing import EncodableT, FieldT
 
 from streamer.daemon.children import Child
-from streamer.jobs import DaemonLoad, JobQueue
+from streamer.queue.jobs import DaemonLoad, JobQueue
 
 STALE_LOAD_S = 3600.0
 """A peer's published load older than this (beyond the visibility timeout) is removed from the registry."""

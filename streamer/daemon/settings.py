@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from streamer.config import VosdConfig
-from streamer.decoder import DecoderSettings
-from streamer.jobs import JobRecord
-from streamer.writer_process import WriterSettings
+from streamer.ingest.decoder import DecoderSettings
+from streamer.output.writer_process import WriterSettings
+from streamer.queue.jobs import JobRecord
 from workers.worker import WorkerSettings
 
 OUTPUT_KINDS = ("overlay", "masks", "rle")
-"""The outputs a job may ask for (its options of these names); see `streamer.writer_process`."""
+"""The outputs a job may ask for (its options of these names); see `streamer.output.writer_process`."""
 
 
 @dataclass(frozen=True)

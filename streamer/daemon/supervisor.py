@@ -20,7 +20,6 @@ from types import FrameType
 import redis
 import zmq
 
-from streamer import resume
 from streamer.config import redact_url
 from streamer.daemon.children import Child, spawn
 from streamer.daemon.lifecycle import (
@@ -33,9 +32,14 @@ from streamer.daemon.lifecycle import (
 )
 from streamer.daemon.presence import Presence
 from streamer.daemon.settings import DaemonSettings
-from streamer.decoder import run_decoder
-from streamer.jobs import HeartbeatStatus, JobNotFound, JobQueue, JobState, KeyNames
-from streamer.messages import (
+from streamer.ingest.decoder import run_decoder
+from streamer.output import resume
+from streamer.output.writer import PART_SUFFIX
+from streamer.output.writer_process import output_paths, remove_if_empty, run_writer
+from streamer.queue.jobs import HeartbeatStatus, JobNotFound, JobQueue, JobState, KeyNames
+from streamer.queue.redis_link import REDIS_ERRORS, RedisLink
+from streamer.queue.redis_server import RedisEndpoint, RedisStartError, Role, resolve_redis
+from streamer.transport.messages import (
     Cancel,
     EndOfStream,
     ErrorMessage,
@@ -45,11 +49,13 @@ from streamer.messages import (
     Shutdown,
     SourceStatus,
 )
-from streamer.redis_link import REDIS_ERRORS, RedisLink
-from streamer.redis_server import RedisEndpoint, RedisStartError, Role, resolve_redis
-from streamer.transport import ResultCollector, ResultSender, TransportError, release_job, send_control
-from streamer.writer import PART_SUFFIX
-from streamer.writer_process import output_paths, remove_if_empty, run_writer
+from streamer.transport.sockets import (
+    ResultCollector,
+    ResultSender,
+    TransportError,
+    release_job,
+    send_control,
+)
 from workers.worker import run_worker
 
 logger = logging.getLogger(__name__)
@@ -177,7 +183,8 @@ class Daemon:
         if not output_dir.is_dir():
             return
         for directory in sorted(p for p in output_dir.iterdir() if p.is_dir()):
-            parts = [  # checkpoints (streamer/resume.py) are only worth anything with the .part outputs
+            # checkpoints (streamer/output/resume.py) are only worth anything with the .part outputs
+            parts = [
                 p for p in directory.iterdir() if p.name.endswith(PART_SUFFIX) or p.name == resume.DIRECTORY
             ]
             if not parts:
@@ -375,7 +382,7 @@ class Daemon:
 
     def _rerun(self, job: DaemonJob, reason: str) -> None:
         """Stop what is left of this run; the job waits for a ready worker and starts again, from its last
-        checkpoint when there is one (streamer/resume.py) or else from frame 0."""
+        checkpoint when there is one (streamer/output/resume.py) or else from frame 0."""
         if job.phase is RunPhase.WAITING:  # no run to stop: it already waits for a worker
             return
         if job.decoder is not None:
@@ -461,7 +468,7 @@ class Daemon:
 
     def _sync_redis(self) -> None:
         """Every Redis read and write of a loop turn, in one place: an outage pauses only this step
-        (streamer/redis_link.py), and claims wait for the first full round after Redis is back, so
+        (streamer/queue/redis_link.py), and claims wait for the first full round after Redis is back, so
         this daemon's own jobs get their leases renewed before anything could take them over."""
         assert self.link is not None
         if not self.link.due():

@@ -91,7 +91,7 @@ def initial_network(config: TMOTrainConfig, weights: Path | None) -> TMONetwork:
         log.info("starting from ImageNet EfficientNet-Lite0 encoders and a default-initialised decoder")
         torch.manual_seed(config.seed)  # the decoder's default init: the same on every rank
         return lite_imagenet_network(config.input_size)
-    from workers.tmo.init import make_random_network
+    from workers.tmo.random_init import make_random_network
 
     log.warning("starting %s from calibrated random weights: without ImageNet encoders it learns slowly",
                 config.variant)

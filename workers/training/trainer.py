@@ -63,8 +63,8 @@ from workers.training.model import TrainingXMem, draw_plan
 from workers.training.synthetic import SyntheticConfig
 from workers.xmem.backbones import OTHERS_CHANNEL
 from workers.xmem.checkpoint import load_network, save_state_dict
-from workers.xmem.init import make_random_network
 from workers.xmem.network import NetworkSpec, XMemNetwork
+from workers.xmem.random_init import make_random_network
 
 log = logging.getLogger(__name__)
 
@@ -589,7 +589,7 @@ def main() -> None:
     """Entry point for torch.distributed.run: the same options as `vosd train`."""
     import typer
 
-    from workers.training.commands import train_command
+    from workers.training.cli import train_command
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     typer.run(train_command)

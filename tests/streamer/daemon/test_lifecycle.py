@@ -14,11 +14,12 @@ from streamer.daemon.lifecycle import (
     RunPhase,
     split_options,
 )
-from streamer.jobs import LATENCY_BUCKETS_S, Claim, JobRecord
+from streamer.queue.jobs import LATENCY_BUCKETS_S, Claim, JobRecord
 
 
 def _job() -> DaemonJob:
-    claim = Claim(JobRecord(id="j1", source="clip.mp4", live=True, created_at=0.0), entry_id="1-0", consumer="c", attempt=1)
+    record = JobRecord(id="j1", source="clip.mp4", live=True, created_at=0.0)
+    claim = Claim(record, entry_id="1-0", consumer="c", attempt=1)
     return DaemonJob(claim=claim, outputs={}, inference={}, max_frames=None)
 
 
