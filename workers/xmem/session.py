@@ -27,12 +27,11 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from workers.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from workers.xmem.config import InferenceConfig
 from workers.xmem.inference_core import InferenceCore
 from workers.xmem.network import XMemNetwork
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_OBJECTS = 255
 """Index masks are uint8, so labels 1..255."""
 STATE_FORMAT = 1
