@@ -116,7 +116,7 @@ class _StopFlag:
 
 def load_first_mask(path: str | None, source_size: tuple[int, int], max_objects: int) -> np.ndarray:
     """Read and check the first-frame mask; raise `JobInputError` with a sentence a user can act on."""
-    from streamer.masks import MaskFileError, read_index_mask
+    from streamer.masks import FirstMaskError, MaskFileError, check_first_mask, read_index_mask
 
     if path is None:
         raise JobInputError("the job has no first-frame mask")
@@ -125,22 +125,11 @@ def load_first_mask(path: str | None, source_size: tuple[int, int], max_objects:
         raise JobInputError(f"first-frame mask {mask_path} not found")
     try:
         mask = read_index_mask(mask_path)
+        check_first_mask(mask, source_size, max_objects, name=f"first-frame mask {mask_path.name}")
+    except FirstMaskError as exc:
+        raise JobInputError(str(exc)) from None
     except (MaskFileError, OSError, ValueError) as exc:
         raise JobInputError(f"first-frame mask {mask_path} cannot be read: {exc}") from None
-    width, height = source_size
-    if mask.shape != (height, width):
-        raise JobInputError(
-            f"first-frame mask {mask_path.name} is {mask.shape[1]}x{mask.shape[0]} but the video is "
-            f"{width}x{height}; the mask must have the size of the video"
-        )
-    labels = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)[1:]) + 1
-    if labels.size == 0:
-        raise JobInputError(f"first-frame mask {mask_path.name} has no object: every pixel is background (0)")
-    if labels.size > max_objects:
-        raise JobInputError(
-            f"first-frame mask {mask_path.name} has {labels.size} objects; "
-            f"this daemon allows at most {max_objects}"
-        )
     return mask
 
 
