@@ -36,7 +36,7 @@ from streamer.ingest.decoder import run_decoder
 from streamer.output import resume
 from streamer.output.writer import PART_SUFFIX
 from streamer.output.writer_process import output_paths, remove_if_empty, run_writer
-from streamer.queue.jobs import HeartbeatStatus, JobNotFound, JobQueue, JobState, KeyNames
+from streamer.queue.jobs import JobNotFound, JobQueue, JobState, KeyNames, LeaseStatus
 from streamer.queue.redis_link import REDIS_ERRORS, RedisLink
 from streamer.queue.redis_server import RedisEndpoint, RedisStartError, Role, resolve_redis
 from streamer.transport.messages import (
@@ -491,7 +491,7 @@ class Daemon:
         for job in self.jobs.values():
             if job.final is None:
                 continue
-            self.queue.heartbeat(job.claim, job.progress())
+            self.queue.renew_lease(job.claim, job.progress())
             outcome, reason = job.final
             if outcome is JobState.DONE:
                 outputs = output_paths(job.outputs)
@@ -521,7 +521,7 @@ class Daemon:
 
     def _renew_leases(self, *, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_renewal < self.config.redis.heartbeat_interval_s:
+        if not force and now - self._last_renewal < self.config.redis.lease_renewal_s:
             return
         self._last_renewal = now
         self._publish()
@@ -532,10 +532,10 @@ class Daemon:
     def _renew_lease(self, job: DaemonJob) -> None:
         """Renew one job's lease with its progress; act on a cancel request or a lost lease."""
         assert self.queue is not None
-        status = self.queue.heartbeat(job.claim, job.progress())
-        if status is HeartbeatStatus.CANCEL_REQUESTED:
+        status = self.queue.renew_lease(job.claim, job.progress())
+        if status is LeaseStatus.CANCEL_REQUESTED:
             self._end(job, Ending(Outcome.CANCELLED, "cancelled on request"))
-        elif status is HeartbeatStatus.LOST:
+        elif status is LeaseStatus.LOST:
             self._stop_lost(job)
 
     def _publish(self) -> None:
