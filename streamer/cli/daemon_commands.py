@@ -270,7 +270,7 @@ def _print_table(records: list[JobRecord], *, detailed: bool) -> None:
             record.state.value + (" (stopped early)" if record.stopped_early else ""),
             f"{record.frames_done}{total}",
             f"{record.fps:.1f}",
-            str(record.dropped_frames),
+            str(record.frames_dropped),
             record.source,
             health,
             error or "",
@@ -311,7 +311,7 @@ def watch_command(
                     completed=record.frames_done,
                     total=record.frames_total,
                     fps=record.fps,
-                    dropped=record.dropped_frames,
+                    dropped=record.frames_dropped,
                 )
                 if record.state.final:
                     break

@@ -41,10 +41,10 @@ from streamer.queue.redis_link import REDIS_ERRORS, RedisLink
 from streamer.queue.redis_server import RedisEndpoint, RedisStartError, Role, resolve_redis
 from streamer.transport.messages import (
     Cancel,
-    EndOfStream,
     ErrorMessage,
     Heartbeat,
     Message,
+    OutputsComplete,
     Progress,
     Shutdown,
     SourceStatus,
@@ -263,7 +263,7 @@ class Daemon:
         job = self.jobs.get(getattr(message, "job_id", None) or "")
         if job is None or job.phase is RunPhase.STOPPING:
             return
-        if isinstance(message, EndOfStream):  # the writer's: outputs complete under their final names
+        if isinstance(message, OutputsComplete):
             self._settle(job, complete=message)
         elif isinstance(message, Cancel):  # the writer's answer to a Cancel: outputs discarded
             if job.phase is RunPhase.SETTLING:
@@ -278,18 +278,17 @@ class Daemon:
             self._end(job, Ending(outcome, message.message))
         elif isinstance(message, SourceStatus):
             job.source = message
+            if message.frames_total is not None:
+                job.frames_total = message.frames_total
             self._stop_early(job)
         elif isinstance(message, Progress):
-            if message.frames_total is not None:  # the decoder's report of the source length
-                job.frames_total = message.frames_total
-            else:  # the writer's counters
-                if message.frames_done > job.frames_done and job.decoder_ended_at is not None:
-                    job.decoder_ended_at = time.monotonic()  # the writer is still making progress
-                job.frames_done = max(job.frames_done, message.frames_done)
-                job.frames_dropped = message.frames_dropped
-                job.fps = message.fps
-                if job.claim.job.live and message.latency_s is not None:
-                    job.record_latency(message.latency_s)
+            if message.frames_done > job.frames_done and job.decoder_ended_at is not None:
+                job.decoder_ended_at = time.monotonic()  # the writer is still making progress
+            job.frames_done = max(job.frames_done, message.frames_done)
+            job.frames_dropped = message.frames_dropped
+            job.fps = message.fps
+            if job.claim.job.live and message.latency_s is not None:
+                job.record_latency(message.latency_s)
 
     # ------------------------------------------------------------------------------------------ children
 
@@ -411,12 +410,12 @@ class Daemon:
         self._signal_decoder(job, signal.SIGTERM)
         self._cancel_writer(job.job_id, ending.reason)
 
-    def _settle(self, job: DaemonJob, *, complete: EndOfStream | None) -> None:
+    def _settle(self, job: DaemonJob, *, complete: OutputsComplete | None) -> None:
         """Decide how the job leaves this daemon: DONE when the writer completed its outputs (`complete`),
         whatever else was intended; otherwise the intended ending. `_write_finals` records it in Redis;
         meanwhile the decoder is stopped."""
         if complete is not None:
-            job.frames_done = complete.frames_total
+            job.frames_done = complete.frames_written
             job.frames_dropped = complete.frames_dropped
             job.final = (JobState.DONE, None)
         else:

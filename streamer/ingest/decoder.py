@@ -48,7 +48,7 @@ import zmq
 
 from streamer.config import SourcesConfig, TransportConfig
 from streamer.lifeline import exit_with_parent
-from streamer.transport.messages import Cancel, ErrorMessage, FrameMessage, JobStart, Progress, SourceStatus
+from streamer.transport.messages import Cancel, ErrorMessage, FrameMessage, JobStart, SourceStatus
 from streamer.transport.sockets import (
     EventReporter,
     FrameSender,
@@ -143,6 +143,7 @@ class Decoder:
         self.state = DecoderState.OPENING
         self._source_reported = 0.0
         self._source_state = "connecting"
+        self._frames_total: int | None = None
         self.events = EventReporter(
             context,
             settings.events_endpoint,
@@ -201,7 +202,8 @@ class Decoder:
             total = info.frame_count
             if self.settings.max_frames is not None:
                 total = self.settings.max_frames if total is None else min(total, self.settings.max_frames)
-            self.events.report(Progress(job_id=job_id, frames_done=0, frames_total=total))
+            self._frames_total = total
+            self._report_source(source.stats)
             try:
                 self.writer.send(start)
                 return self._stream(source, start)
@@ -255,7 +257,7 @@ class Decoder:
                 pts=decoded.pts_seconds,
                 capture_time=decoded.wall_time,
                 source_size=tuple(decoded.source_size),
-                dropped=sender.stats.dropped,
+                frames_dropped=sender.stats.dropped,
             )
             if not self.settings.live:
                 if overlay or decoded.index >= resume_from:
@@ -308,7 +310,8 @@ class Decoder:
         self._source_state = stats.state
         if stats.state in ("connecting", "streaming", "reconnecting"):
             self.events.report(SourceStatus(job_id=job_id, state=stats.state, attempts=stats.attempts,
-                                            error=stats.last_error, last_frame_at=stats.last_frame_at))
+                                            error=stats.last_error, last_frame_at=stats.last_frame_at,
+                                            frames_total=self._frames_total))
 
     def _stopped_empty(self) -> DecoderState:
         """Stopped by request before any frame reached the worker: nothing to keep, the job is cancelled."""

@@ -29,7 +29,7 @@ Wiring in the worker process::
     queue = JobQueue(redis.Redis.from_url(url, decode_responses=True), keys=KeyNames(prefix), ...)
     claim = queue.claim(consumer, block_s=1.0)          # None when idle
     ... every lease_renewal_s while decoding/segmenting:
-        status = queue.renew_lease(claim, JobProgress(frames_done=..., fps=..., dropped_frames=...))
+        status = queue.renew_lease(claim, JobProgress(frames_done=..., fps=..., frames_dropped=...))
         CANCEL_REQUESTED -> stop the decoder, queue.finish(claim, JobState.CANCELLED)
         LOST             -> stop without finishing; the new holder owns the job
     queue.finish(claim, JobState.DONE, outputs={...})   # or FAILED with error=...
@@ -148,7 +148,7 @@ class JobRecord(BaseModel):
     frames_done: int = Field(default=0, description="Frames segmented so far.")
     frames_total: int | None = Field(default=None, description="Frames in the source when known (files).")
     fps: float = Field(default=0.0, description="Recent processing rate, frames per second.")
-    dropped_frames: int = Field(default=0, description="Frames dropped by the live policy so far.")
+    frames_dropped: int = Field(default=0, description="Frames dropped by the live policy so far.")
     error: str | None = Field(default=None, description="Why the job failed, or who cancelled it.")
     attempts: int = Field(
         default=0,
@@ -251,7 +251,7 @@ class JobProgress:
 
     frames_done: int
     fps: float = 0.0
-    dropped_frames: int = 0
+    frames_dropped: int = 0
     frames_total: int | None = None
     runs: int | None = None
     resumed_from: int | None = None
@@ -269,7 +269,7 @@ class JobProgress:
         values: dict[str, object] = {
             "frames_done": self.frames_done,
             "fps": f"{self.fps:.3f}",
-            "dropped_frames": self.dropped_frames,
+            "frames_dropped": self.frames_dropped,
             "frames_total": self.frames_total,
             "runs": self.runs,
             "resumed_from": self.resumed_from,
@@ -698,7 +698,7 @@ class JobQueue:
                 "worker", consumer,
                 "started_at", repr(time.time()),
                 "frames_done", "0",
-                "dropped_frames", "0",
+                "frames_dropped", "0",
             ],
         )  # fmt: skip
         if not started:

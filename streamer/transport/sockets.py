@@ -330,7 +330,7 @@ class FrameSender:
         if self._held is None or self._credits == 0:
             return False
         held, self._held = self._held, None
-        self._transmit(replace(held, dropped=self.stats.dropped))
+        self._transmit(replace(held, frames_dropped=self.stats.dropped))
         return True
 
     def _transmit(self, frame: FrameMessage) -> None:

@@ -110,7 +110,7 @@ def test_status_hash_round_trip(redis_url: str) -> None:
         frames_done=7,
         frames_total=None,
         fps=29.97,
-        dropped_frames=3,
+        frames_dropped=3,
         error="x: y",
         attempts=2,
         cancel_requested=True,
