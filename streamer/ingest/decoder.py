@@ -133,7 +133,7 @@ def load_first_mask(path: str | None, source_size: tuple[int, int], max_objects:
     return mask
 
 
-class Decoder:
+class DecoderLoop:
     """One job's decode loop; `run` returns the final state."""
 
     def __init__(self, settings: DecoderSettings, context: zmq.Context, stop: _StopFlag) -> None:
@@ -361,7 +361,7 @@ def run_decoder(settings: DecoderSettings) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGUSR1, on_sigusr1)
     context = zmq.Context()
-    decoder = Decoder(settings, context, stop)
+    decoder = DecoderLoop(settings, context, stop)
     started = time.monotonic()
     try:
         state = decoder.run()
