@@ -252,14 +252,14 @@ class WriterConfig(_Section):
     crf: int = Field(
         default=20, ge=0, le=51, description="H.264 constant rate factor; lower is better and larger.",
     )
-    write_overlay: bool = Field(
-        default=True, description="Write overlay.mp4 (source frames with masks drawn).",
+    overlay: bool = Field(
+        default=True, description="Write overlay.mp4 (source frames with masks drawn). Job option 'overlay'.",
     )
-    write_pngs: bool = Field(
-        default=True, description="Write one palette PNG index mask per frame in masks/.",
+    masks: bool = Field(
+        default=True, description="Write one palette PNG index mask per frame in masks/. Job option 'masks'.",
     )
-    write_rle_json: bool = Field(
-        default=True, description="Write masks.jsonl: COCO-style RLE per object per frame.",
+    rle: bool = Field(
+        default=True, description="Write masks.jsonl: COCO-style RLE per object per frame. Job option 'rle'.",
     )
 
 

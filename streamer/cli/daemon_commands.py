@@ -146,8 +146,12 @@ def submit_command(
     max_frames: Annotated[
         int | None, typer.Option("--max-frames", min=1, help="Stop after this many frames.")
     ] = None,
-    overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4.")] = True,
-    pngs: Annotated[bool, typer.Option("--pngs/--no-pngs", help="Write palette PNG masks.")] = True,
+    overlay: Annotated[
+        bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4.")
+    ] = True,
+    masks: Annotated[
+        bool, typer.Option("--masks/--no-masks", help="Write palette PNG masks.")
+    ] = True,
     rle: Annotated[bool, typer.Option("--rle/--no-rle", help="Write masks.jsonl (RLE).")] = True,
     config: ConfigPath = None,
 ) -> None:
@@ -155,7 +159,7 @@ def submit_command(
     from streamer.ingest.sources import is_live_uri
 
     options = _parse_options(option or [])
-    options.update(overlay=overlay, masks=pngs, rle=rle)
+    options.update(overlay=overlay, masks=masks, rle=rle)
     if output is not None:
         options["output_dir"] = str(output.expanduser().resolve())
     if max_frames is not None:
