@@ -147,19 +147,22 @@ def submit_command(
         int | None, typer.Option("--max-frames", min=1, help="Stop after this many frames.")
     ] = None,
     overlay: Annotated[
-        bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4.")
-    ] = True,
+        bool | None, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4 (config default).")
+    ] = None,
     masks: Annotated[
-        bool, typer.Option("--masks/--no-masks", help="Write palette PNG masks.")
-    ] = True,
-    rle: Annotated[bool, typer.Option("--rle/--no-rle", help="Write masks.jsonl (RLE).")] = True,
+        bool | None, typer.Option("--masks/--no-masks", help="Write palette PNG masks (config default).")
+    ] = None,
+    rle: Annotated[
+        bool | None, typer.Option("--rle/--no-rle", help="Write masks.jsonl, RLE (config default).")
+    ] = None,
     config: ConfigPath = None,
 ) -> None:
     """Queue a job; prints its id."""
     from streamer.ingest.sources import is_live_uri
 
     options = _parse_options(option or [])
-    options.update(overlay=overlay, masks=masks, rle=rle)
+    # Unset: the serving daemon's writer config decides (e.g. configs/live-camera.yaml writes no PNGs).
+    options.update({k: v for k, v in (('overlay', overlay), ('masks', masks), ('rle', rle)) if v is not None})
     if output is not None:
         options["output_dir"] = str(output.expanduser().resolve())
     if max_frames is not None:
