@@ -292,7 +292,7 @@ class DaemonLoad:
 
     running: int
     capacity: int
-    """Jobs it can hold now: 0 while its workers or writer are not ready, or while it drains."""
+    """Jobs it can hold now: 0 while its workers or writer are not ready, or while it is stopping."""
     published_at: float
     """Unix time of the report; older than the visibility timeout means the daemon is gone."""
 

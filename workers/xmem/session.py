@@ -1,6 +1,6 @@
 """VideoSession: the one place where raw frames and index masks become XMem inputs and outputs.
 
-It reproduces the data pipeline of XMem's eval.py (spec 2.1) so that `vosd eval`, the daemon worker and
+It reproduces the data pipeline of XMem's eval.py so that `vosd eval`, the daemon worker and
 `vosd segment` all feed the engine identically:
 
 * frame: uint8 RGB -> float in [0, 1] -> ImageNet normalisation -> (size >= 0) resize of the *normalised*
