@@ -4,6 +4,10 @@ One loop, five steps a turn (`Daemon.run`): hand every job back when stopping, t
 events, restart dead children, move jobs through their phases (streamer/daemon/lifecycle.py), then one
 Redis round (`_sync_redis`). Only that last step talks to Redis, so an outage pauses it alone; every
 other step keeps the running jobs going. The reasons behind each rule are in the package docstring.
+
+Size: about 580 lines, all of them the loop's steps. The Redis round acts on job phases (a cancel ends a
+job, a lost lease stops it) and the event handlers do too, so both stay with the transitions they drive;
+what has no such tie lives beside it (settings, lifecycle, children, presence).
 """
 
 from __future__ import annotations

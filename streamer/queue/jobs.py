@@ -41,7 +41,7 @@ asks the holder to end a running job early and keep its outputs (DONE with ``sto
 discards them.
 
 Size: the Lua scripts and the Python that calls them must change together (one script per transition),
-so the queue protocol stays in one module; the job record and daemon-load types may move out (issue #12).
+and the scripts name the record's fields, so the queue protocol and the job record stay in one module.
 """
 
 from __future__ import annotations
