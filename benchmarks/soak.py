@@ -56,7 +56,7 @@ class Daemon:
             yaml.safe_dump(
                 {
                     "data_dir": str(self.data_dir),
-                    "redis": {"url": redis_url, "visibility_timeout_s": 6.0, "heartbeat_interval_s": 1.0},
+                    "redis": {"url": redis_url, "visibility_timeout_s": 6.0, "lease_renewal_s": 1.0},
                     "workers": {"jobs_per_worker": 2, "size": 96, "model_path": str(checkpoint)},
                     "writer": {"crf": 30},
                 }

@@ -57,18 +57,20 @@ class RedisConfig(_Section):
     visibility_timeout_s: float = Field(
         default=15.0,
         gt=0,
-        description="Seconds without a heartbeat after which a running job is re-taken by another worker.",
+        description="Seconds without a lease renewal after which a running job is re-taken by another "
+        "daemon.",
     )
-    heartbeat_interval_s: float = Field(
+    lease_renewal_s: float = Field(
         default=1.0,
         gt=0,
-        description="Seconds between heartbeats of a running job (progress, lease, cancel check).",
+        description="Seconds between lease renewals of a running job (each also writes progress and checks "
+        "for cancel).",
     )
 
     @model_validator(mode="after")
-    def _heartbeat_within_lease(self) -> RedisConfig:
-        if self.heartbeat_interval_s * 3 > self.visibility_timeout_s:
-            raise ValueError("heartbeat_interval_s must be at most a third of visibility_timeout_s")
+    def _renewal_within_lease(self) -> RedisConfig:
+        if self.lease_renewal_s * 3 > self.visibility_timeout_s:
+            raise ValueError("lease_renewal_s must be at most a third of visibility_timeout_s")
         return self
 
 
@@ -250,14 +252,14 @@ class WriterConfig(_Section):
     crf: int = Field(
         default=20, ge=0, le=51, description="H.264 constant rate factor; lower is better and larger.",
     )
-    write_overlay: bool = Field(
-        default=True, description="Write overlay.mp4 (source frames with masks drawn).",
+    overlay: bool = Field(
+        default=True, description="Write overlay.mp4 (source frames with masks drawn). Job option 'overlay'.",
     )
-    write_pngs: bool = Field(
-        default=True, description="Write one palette PNG index mask per frame in masks/.",
+    masks: bool = Field(
+        default=True, description="Write one palette PNG index mask per frame in masks/. Job option 'masks'.",
     )
-    write_rle_json: bool = Field(
-        default=True, description="Write masks.jsonl: COCO-style RLE per object per frame.",
+    rle: bool = Field(
+        default=True, description="Write masks.jsonl: COCO-style RLE per object per frame. Job option 'rle'.",
     )
 
 

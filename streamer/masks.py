@@ -160,3 +160,26 @@ def rle_decode(rle: dict) -> np.ndarray:
         position += count
         on = not on
     return values.reshape((height, width), order="F")
+
+
+class FirstMaskError(ValueError):
+    """A first-frame mask that cannot start a job; the text says what to change."""
+
+
+def check_first_mask(
+    mask: np.ndarray, source_size: tuple[int, int], max_objects: int, name: str = "first-frame mask"
+) -> None:
+    """The one check of a first-frame index mask against its video (decoder, worker and `vosd segment` all
+    call it): same size as the video, at least one object, at most `max_objects`."""
+    width, height = source_size
+    if mask.shape != (height, width):
+        raise FirstMaskError(
+            f"{name} is {mask.shape[1]}x{mask.shape[0]} but the video is {width}x{height}; "
+            "the mask must have the size of the video's first frame"
+        )
+    objects = int(np.count_nonzero(np.bincount(mask.ravel(), minlength=256)[1:]))
+    if objects == 0:
+        raise FirstMaskError(f"{name} has no object: every pixel is background (0)")
+    if objects > max_objects:
+        raise FirstMaskError(f"{name} has {objects} objects; this daemon allows at most {max_objects}")
+

@@ -186,7 +186,7 @@ def run_segment(
 
     from streamer.config import load_config
     from streamer.ingest.sources import open_source
-    from streamer.masks import read_index_mask
+    from streamer.masks import FirstMaskError, check_first_mask, read_index_mask
     from workers.training.weights import model_path
     from workers.xmem.checkpoint import load_network
     from workers.xmem.session import VideoSession
@@ -197,18 +197,18 @@ def run_segment(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     use_amp = amp if amp is not None else device.startswith("cuda")
     first_mask = read_index_mask(mask_path)
-    if not first_mask.any():
-        raise ValueError(f"the first-frame mask {mask_path} has no object in it")
     checkpoint = model_path(model or settings.workers.model_path)
     network = load_network(checkpoint, device=device)
     session = VideoSession(network, settings.xmem.inference_config(),
                            size=settings.workers.size if size is None else size, amp=use_amp, device=device)
     source = open_source(video, live=False)
     info = source.info
-    if (info.height, info.width) != first_mask.shape:
+    try:
+        source_size = (info.width, info.height)
+        check_first_mask(first_mask, source_size, settings.workers.max_objects, name=f"the mask {mask_path}")
+    except FirstMaskError:
         source.close()
-        raise ValueError(f"the mask {mask_path} is {first_mask.shape[1]}x{first_mask.shape[0]} but the video "
-                         f"is {info.width}x{info.height}; give the mask of the video's first frame")
+        raise
     writer = OutputWriter(fps=info.fps, source_size=(info.width, info.height), overlay_path=output,
                           masks_dir=masks_dir, rle_path=rle_path, alpha=settings.writer.overlay_alpha,
                           crf=settings.writer.crf)

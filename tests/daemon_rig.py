@@ -118,7 +118,7 @@ def write_config(data_dir: Path, **redis: object) -> Path:
                 "redis": {
                     "max_attempts": 3,
                     "visibility_timeout_s": 15.0,
-                    "heartbeat_interval_s": 0.5,
+                    "lease_renewal_s": 0.5,
                     **redis,
                 },
                 "workers": {

@@ -42,6 +42,7 @@ import zmq
 
 from streamer.config import TransportConfig, WorkersConfig, XMemConfig
 from streamer.lifeline import exit_with_parent
+from streamer.masks import FirstMaskError, check_first_mask
 from streamer.output.resume import checkpoint_path, pending_path, resumable
 from streamer.transport.messages import (
     Cancel,
@@ -184,7 +185,12 @@ class Worker:
             limit = self.settings.workers.jobs_per_worker
             if len(self.jobs) >= limit:
                 raise JobSetupError(f"worker {self.settings.name} already runs {limit} jobs")
-            check_first_mask(start.mask, start.source_size, self.settings.workers.max_objects)
+            if start.mask is None:
+                raise JobSetupError("the job has no first-frame mask")
+            try:
+                check_first_mask(start.mask, start.source_size, self.settings.workers.max_objects)
+            except FirstMaskError as exc:
+                raise JobSetupError(str(exc)) from None
             session = self._session(start.options)
             resume_from = start.outputs.get("resume_from", 0)
             if resume_from:
@@ -323,25 +329,6 @@ def gpu_memory_bytes(device: str) -> int | None:
     import torch
 
     return int(torch.cuda.memory_allocated(torch.device(device)))
-
-
-def check_first_mask(mask: np.ndarray | None, source_size: tuple[int, int], max_objects: int) -> None:
-    """Raise `JobSetupError` unless `mask` is a usable first-frame mask for a video of `source_size`."""
-    if mask is None:
-        raise JobSetupError("the job has no first-frame mask")
-    width, height = source_size
-    if mask.shape != (height, width):
-        raise JobSetupError(
-            f"first-frame mask is {mask.shape[1]}x{mask.shape[0]} but the video is {width}x{height}; "
-            "the mask must have the size of the video"
-        )
-    objects = np.count_nonzero(np.bincount(mask.ravel(), minlength=256)[1:])
-    if objects == 0:
-        raise JobSetupError("first-frame mask has no object: every pixel is background (0)")
-    if objects > max_objects:
-        raise JobSetupError(
-            f"first-frame mask has {objects} objects; this daemon allows at most {max_objects}"
-        )
 
 
 def default_threads(device: str, cores: int) -> int:

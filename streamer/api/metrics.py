@@ -27,7 +27,7 @@ from streamer.queue.jobs import LATENCY_BUCKETS_S, JobQueue, JobState
 router = APIRouter(tags=["operations"])
 
 JOB_FIELDS = (
-    "state", "frames_done", "dropped_frames", "fps", "created_at", "latency_p50_s", "latency_p95_s",
+    "state", "frames_done", "frames_dropped", "fps", "created_at", "latency_p50_s", "latency_p95_s",
     "latency_counts", "latency_sum_s",
 )  # fmt: skip
 

@@ -57,7 +57,7 @@ PROGRESS_FIELDS = (
     "frames_done",
     "frames_total",
     "fps",
-    "dropped_frames",
+    "frames_dropped",
     "source_state",
     "latency_p50_s",
     "reconnect_attempts",

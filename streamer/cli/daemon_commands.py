@@ -146,16 +146,23 @@ def submit_command(
     max_frames: Annotated[
         int | None, typer.Option("--max-frames", min=1, help="Stop after this many frames.")
     ] = None,
-    overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4.")] = True,
-    pngs: Annotated[bool, typer.Option("--pngs/--no-pngs", help="Write palette PNG masks.")] = True,
-    rle: Annotated[bool, typer.Option("--rle/--no-rle", help="Write masks.jsonl (RLE).")] = True,
+    overlay: Annotated[
+        bool | None, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4 (config default).")
+    ] = None,
+    masks: Annotated[
+        bool | None, typer.Option("--masks/--no-masks", help="Write palette PNG masks (config default).")
+    ] = None,
+    rle: Annotated[
+        bool | None, typer.Option("--rle/--no-rle", help="Write masks.jsonl, RLE (config default).")
+    ] = None,
     config: ConfigPath = None,
 ) -> None:
     """Queue a job; prints its id."""
     from streamer.ingest.sources import is_live_uri
 
     options = _parse_options(option or [])
-    options.update(overlay=overlay, masks=pngs, rle=rle)
+    # Unset: the serving daemon's writer config decides (e.g. configs/live-camera.yaml writes no PNGs).
+    options.update({k: v for k, v in (('overlay', overlay), ('masks', masks), ('rle', rle)) if v is not None})
     if output is not None:
         options["output_dir"] = str(output.expanduser().resolve())
     if max_frames is not None:
@@ -270,7 +277,7 @@ def _print_table(records: list[JobRecord], *, detailed: bool) -> None:
             record.state.value + (" (stopped early)" if record.stopped_early else ""),
             f"{record.frames_done}{total}",
             f"{record.fps:.1f}",
-            str(record.dropped_frames),
+            str(record.frames_dropped),
             record.source,
             health,
             error or "",
@@ -311,7 +318,7 @@ def watch_command(
                     completed=record.frames_done,
                     total=record.frames_total,
                     fps=record.fps,
-                    dropped=record.dropped_frames,
+                    dropped=record.frames_dropped,
                 )
                 if record.state.final:
                     break

@@ -8,7 +8,7 @@ Processes (spawned, never forked; see docs/architecture.md)::
     decoder                   streamer/ingest/decoder.py, one per running job
 
 Every child reports on one PULL socket bound here (`events_endpoint`): Heartbeat, Progress, Error, and
-the writer's EndOfStream, which means a job's outputs are complete under their final names. The
+the writer's OutputsComplete, which means a job's outputs are complete under their final names. The
 supervisor is the only Redis client: it claims jobs (streamer/queue/jobs.py), renews their leases (each
 renewal carries the job's progress), and writes final states. (A "heartbeat" is only ever a child's
 liveness message; Redis has leases.)
@@ -35,7 +35,7 @@ Failure handling, the part users of other queues complain about:
 One place decides how a stopping job ends. Stopping (cancel, failure, give-up, hand-back) SIGTERMs the
 decoder and asks the writer to discard the outputs; the job waits in SETTLING for the writer's answer,
 which is serialised with its own completion of the outputs: Cancel (discarded) applies the intended
-ending, EndOfStream (completed just before) makes the job DONE with its outputs. So the final state and
+ending, OutputsComplete (completed just before) makes the job DONE with its outputs. So the final state and
 the files on disk always agree, whichever of cancel and completion came first.
 
 Live jobs: every written frame's latency (decoded to mask written) comes with the writer's Progress;

@@ -9,7 +9,7 @@ A claimed job is::
     STOPPING  --ending written to Redis, decoder reaped-->  (removed)
 
 SETTLING waits for the writer's answer to a Cancel, which is serialised with its completion of the
-outputs: Cancel (discarded) applies the intended `Ending`, EndOfStream (completed just before) makes the
+outputs: Cancel (discarded) applies the intended `Ending`, OutputsComplete (completed just before) makes the
 job DONE with its outputs. So the final state and the files on disk always agree. `TRANSITIONS` is the
 table `DaemonJob.enter` enforces; a move it does not list is a bug and raises.
 """

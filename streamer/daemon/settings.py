@@ -58,10 +58,8 @@ class DaemonSettings:
 
     @property
     def default_outputs(self) -> tuple[str, ...]:
-        """Outputs a job writes unless its options say otherwise (``writer.write_*``)."""
-        writer = self.config.writer
-        wanted = (writer.write_overlay, writer.write_pngs, writer.write_rle_json)
-        return tuple(name for name, on in zip(OUTPUT_KINDS, wanted, strict=True) if on)
+        """Outputs a job writes unless its options say otherwise (``writer.overlay``, ``masks``, ``rle``)."""
+        return tuple(name for name in OUTPUT_KINDS if getattr(self.config.writer, name))
 
     def writer_settings(self) -> WriterSettings:
         return WriterSettings(

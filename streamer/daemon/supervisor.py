@@ -4,6 +4,10 @@ One loop, five steps a turn (`Daemon.run`): hand every job back when stopping, t
 events, restart dead children, move jobs through their phases (streamer/daemon/lifecycle.py), then one
 Redis round (`_sync_redis`). Only that last step talks to Redis, so an outage pauses it alone; every
 other step keeps the running jobs going. The reasons behind each rule are in the package docstring.
+
+Size: about 580 lines, all of them the loop's steps. The Redis round acts on job phases (a cancel ends a
+job, a lost lease stops it) and the event handlers do too, so both stay with the transitions they drive;
+what has no such tie lives beside it (settings, lifecycle, children, presence).
 """
 
 from __future__ import annotations
@@ -36,15 +40,15 @@ from streamer.ingest.decoder import run_decoder
 from streamer.output import resume
 from streamer.output.writer import PART_SUFFIX
 from streamer.output.writer_process import output_paths, remove_if_empty, run_writer
-from streamer.queue.jobs import HeartbeatStatus, JobNotFound, JobQueue, JobState, KeyNames
+from streamer.queue.jobs import JobNotFound, JobQueue, JobState, KeyNames, LeaseStatus
 from streamer.queue.redis_link import REDIS_ERRORS, RedisLink
 from streamer.queue.redis_server import RedisEndpoint, RedisStartError, Role, resolve_redis
 from streamer.transport.messages import (
     Cancel,
-    EndOfStream,
     ErrorMessage,
     Heartbeat,
     Message,
+    OutputsComplete,
     Progress,
     Shutdown,
     SourceStatus,
@@ -263,7 +267,7 @@ class Daemon:
         job = self.jobs.get(getattr(message, "job_id", None) or "")
         if job is None or job.phase is RunPhase.STOPPING:
             return
-        if isinstance(message, EndOfStream):  # the writer's: outputs complete under their final names
+        if isinstance(message, OutputsComplete):
             self._settle(job, complete=message)
         elif isinstance(message, Cancel):  # the writer's answer to a Cancel: outputs discarded
             if job.phase is RunPhase.SETTLING:
@@ -278,18 +282,17 @@ class Daemon:
             self._end(job, Ending(outcome, message.message))
         elif isinstance(message, SourceStatus):
             job.source = message
+            if message.frames_total is not None:
+                job.frames_total = message.frames_total
             self._stop_early(job)
         elif isinstance(message, Progress):
-            if message.frames_total is not None:  # the decoder's report of the source length
-                job.frames_total = message.frames_total
-            else:  # the writer's counters
-                if message.frames_done > job.frames_done and job.decoder_ended_at is not None:
-                    job.decoder_ended_at = time.monotonic()  # the writer is still making progress
-                job.frames_done = max(job.frames_done, message.frames_done)
-                job.frames_dropped = message.frames_dropped
-                job.fps = message.fps
-                if job.claim.job.live and message.latency_s is not None:
-                    job.record_latency(message.latency_s)
+            if message.frames_done > job.frames_done and job.decoder_ended_at is not None:
+                job.decoder_ended_at = time.monotonic()  # the writer is still making progress
+            job.frames_done = max(job.frames_done, message.frames_done)
+            job.frames_dropped = message.frames_dropped
+            job.fps = message.fps
+            if job.claim.job.live and message.latency_s is not None:
+                job.record_latency(message.latency_s)
 
     # ------------------------------------------------------------------------------------------ children
 
@@ -411,12 +414,12 @@ class Daemon:
         self._signal_decoder(job, signal.SIGTERM)
         self._cancel_writer(job.job_id, ending.reason)
 
-    def _settle(self, job: DaemonJob, *, complete: EndOfStream | None) -> None:
+    def _settle(self, job: DaemonJob, *, complete: OutputsComplete | None) -> None:
         """Decide how the job leaves this daemon: DONE when the writer completed its outputs (`complete`),
         whatever else was intended; otherwise the intended ending. `_write_finals` records it in Redis;
         meanwhile the decoder is stopped."""
         if complete is not None:
-            job.frames_done = complete.frames_total
+            job.frames_done = complete.frames_written
             job.frames_dropped = complete.frames_dropped
             job.final = (JobState.DONE, None)
         else:
@@ -491,7 +494,7 @@ class Daemon:
         for job in self.jobs.values():
             if job.final is None:
                 continue
-            self.queue.heartbeat(job.claim, job.progress())
+            self.queue.renew_lease(job.claim, job.progress())
             outcome, reason = job.final
             if outcome is JobState.DONE:
                 outputs = output_paths(job.outputs)
@@ -521,7 +524,7 @@ class Daemon:
 
     def _renew_leases(self, *, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_renewal < self.config.redis.heartbeat_interval_s:
+        if not force and now - self._last_renewal < self.config.redis.lease_renewal_s:
             return
         self._last_renewal = now
         self._publish()
@@ -532,10 +535,10 @@ class Daemon:
     def _renew_lease(self, job: DaemonJob) -> None:
         """Renew one job's lease with its progress; act on a cancel request or a lost lease."""
         assert self.queue is not None
-        status = self.queue.heartbeat(job.claim, job.progress())
-        if status is HeartbeatStatus.CANCEL_REQUESTED:
+        status = self.queue.renew_lease(job.claim, job.progress())
+        if status is LeaseStatus.CANCEL_REQUESTED:
             self._end(job, Ending(Outcome.CANCELLED, "cancelled on request"))
-        elif status is HeartbeatStatus.LOST:
+        elif status is LeaseStatus.LOST:
             self._stop_lost(job)
 
     def _publish(self) -> None:

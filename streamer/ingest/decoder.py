@@ -48,7 +48,7 @@ import zmq
 
 from streamer.config import SourcesConfig, TransportConfig
 from streamer.lifeline import exit_with_parent
-from streamer.transport.messages import Cancel, ErrorMessage, FrameMessage, JobStart, Progress, SourceStatus
+from streamer.transport.messages import Cancel, ErrorMessage, FrameMessage, JobStart, SourceStatus
 from streamer.transport.sockets import (
     EventReporter,
     FrameSender,
@@ -116,7 +116,7 @@ class _StopFlag:
 
 def load_first_mask(path: str | None, source_size: tuple[int, int], max_objects: int) -> np.ndarray:
     """Read and check the first-frame mask; raise `JobInputError` with a sentence a user can act on."""
-    from streamer.masks import MaskFileError, read_index_mask
+    from streamer.masks import FirstMaskError, MaskFileError, check_first_mask, read_index_mask
 
     if path is None:
         raise JobInputError("the job has no first-frame mask")
@@ -125,26 +125,15 @@ def load_first_mask(path: str | None, source_size: tuple[int, int], max_objects:
         raise JobInputError(f"first-frame mask {mask_path} not found")
     try:
         mask = read_index_mask(mask_path)
+        check_first_mask(mask, source_size, max_objects, name=f"first-frame mask {mask_path.name}")
+    except FirstMaskError as exc:
+        raise JobInputError(str(exc)) from None
     except (MaskFileError, OSError, ValueError) as exc:
         raise JobInputError(f"first-frame mask {mask_path} cannot be read: {exc}") from None
-    width, height = source_size
-    if mask.shape != (height, width):
-        raise JobInputError(
-            f"first-frame mask {mask_path.name} is {mask.shape[1]}x{mask.shape[0]} but the video is "
-            f"{width}x{height}; the mask must have the size of the video"
-        )
-    labels = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)[1:]) + 1
-    if labels.size == 0:
-        raise JobInputError(f"first-frame mask {mask_path.name} has no object: every pixel is background (0)")
-    if labels.size > max_objects:
-        raise JobInputError(
-            f"first-frame mask {mask_path.name} has {labels.size} objects; "
-            f"this daemon allows at most {max_objects}"
-        )
     return mask
 
 
-class Decoder:
+class DecoderLoop:
     """One job's decode loop; `run` returns the final state."""
 
     def __init__(self, settings: DecoderSettings, context: zmq.Context, stop: _StopFlag) -> None:
@@ -154,6 +143,7 @@ class Decoder:
         self.state = DecoderState.OPENING
         self._source_reported = 0.0
         self._source_state = "connecting"
+        self._frames_total: int | None = None
         self.events = EventReporter(
             context,
             settings.events_endpoint,
@@ -212,7 +202,8 @@ class Decoder:
             total = info.frame_count
             if self.settings.max_frames is not None:
                 total = self.settings.max_frames if total is None else min(total, self.settings.max_frames)
-            self.events.report(Progress(job_id=job_id, frames_done=0, frames_total=total))
+            self._frames_total = total
+            self._report_source(source.stats)
             try:
                 self.writer.send(start)
                 return self._stream(source, start)
@@ -266,7 +257,7 @@ class Decoder:
                 pts=decoded.pts_seconds,
                 capture_time=decoded.wall_time,
                 source_size=tuple(decoded.source_size),
-                dropped=sender.stats.dropped,
+                frames_dropped=sender.stats.dropped,
             )
             if not self.settings.live:
                 if overlay or decoded.index >= resume_from:
@@ -319,7 +310,8 @@ class Decoder:
         self._source_state = stats.state
         if stats.state in ("connecting", "streaming", "reconnecting"):
             self.events.report(SourceStatus(job_id=job_id, state=stats.state, attempts=stats.attempts,
-                                            error=stats.last_error, last_frame_at=stats.last_frame_at))
+                                            error=stats.last_error, last_frame_at=stats.last_frame_at,
+                                            frames_total=self._frames_total))
 
     def _stopped_empty(self) -> DecoderState:
         """Stopped by request before any frame reached the worker: nothing to keep, the job is cancelled."""
@@ -369,7 +361,7 @@ def run_decoder(settings: DecoderSettings) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGUSR1, on_sigusr1)
     context = zmq.Context()
-    decoder = Decoder(settings, context, stop)
+    decoder = DecoderLoop(settings, context, stop)
     started = time.monotonic()
     try:
         state = decoder.run()

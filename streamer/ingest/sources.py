@@ -24,8 +24,9 @@ frame N of M" instead of finishing with outputs that look complete. The caller h
 and may keep them (``frames_decoded`` says how many). Only containers that announce their length (MP4
 sample tables, Matroska/WebM durations) can be detected; a cut MPEG-TS file simply ends.
 
-Size: PyAV sources, OpenCV cameras and the reconnect policy; to become a package per source kind
-(structure issue #12).
+Size: one `Source` with its reconnect loop over two connection kinds (PyAV, OpenCV cameras). The kinds
+(about 250 lines) are to move to ingest/pyav.py and ingest/camera.py over a shared connection base once
+the hardware-decoder work in this module (speed issue #10) has landed, so the two changes do not collide.
 """
 
 from __future__ import annotations

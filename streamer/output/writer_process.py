@@ -24,7 +24,7 @@ A job ends when the worker's EndOfStream has arrived and every mask before it is
 must then hold frames 0..N-1, or the job fails instead of publishing an incomplete result.
 
 Every Cancel gets an answer, because only this loop knows whether a job's outputs were completed just
-before the Cancel arrived: EndOfStream again when they are complete under their final names (too late to
+before the Cancel arrived: OutputsComplete again when they are complete under their final names (too late to
 discard them), otherwise Cancel (nothing of the job is kept). The daemon writes a stopping job's final
 state from that answer, so a job is never marked cancelled while its outputs stay published.
 
@@ -66,6 +66,7 @@ from streamer.transport.messages import (
     JobStart,
     MaskMessage,
     Message,
+    OutputsComplete,
     Progress,
     Shutdown,
 )
@@ -147,7 +148,7 @@ class WriterJob:
     checkpoints: list[int] = field(default_factory=list)
     """Frames of checkpoints the worker saved that wait for their masks to be written."""
     written: int = 0
-    dropped: int = 0
+    frames_dropped: int = 0
     latency_s: float | None = None
     opened_at: float = field(default_factory=time.monotonic)
     reported_at: float = 0.0
@@ -160,7 +161,7 @@ class WriterLoop:
     def __init__(self, settings: WriterSettings, context: zmq.Context) -> None:
         self.settings = settings
         self.jobs: dict[str, WriterJob] = {}
-        self.finished: OrderedDict[str, tuple[OutputPhase, EndOfStream | None]] = OrderedDict()
+        self.finished: OrderedDict[str, tuple[OutputPhase, OutputsComplete | None]] = OrderedDict()
         self.running = True
         self._last_heartbeat = 0.0
         self.events = EventReporter(
@@ -220,7 +221,7 @@ class WriterLoop:
         job_id = start.job_id
         previous = self.finished.get(job_id)
         if previous is not None and previous[0] is OutputPhase.COMPLETE:
-            assert previous[1] is not None, "a complete job keeps its EndOfStream"
+            assert previous[1] is not None, "a complete job keeps its OutputsComplete"
             self.events.report(previous[1])  # a re-run of a job whose outputs are already complete
             return
         job = self.jobs.get(job_id)
@@ -276,13 +277,13 @@ class WriterLoop:
         self._abort(cancel.job_id, OutputPhase.CANCELLED, cancel.reason)
         phase, done = self.finished.get(cancel.job_id, (OutputPhase.CANCELLED, None))
         if phase is OutputPhase.COMPLETE:
-            assert done is not None, "a complete job keeps its EndOfStream"
+            assert done is not None, "a complete job keeps its OutputsComplete"
             self.events.report(done)
         else:
             self.events.report(Cancel(job_id=cancel.job_id, reason=cancel.reason))
 
     def _frame(self, job: WriterJob, frame: FrameMessage) -> None:
-        job.dropped = max(job.dropped, frame.dropped)
+        job.frames_dropped = max(job.frames_dropped, frame.frames_dropped)
         if frame.index <= job.last_index:
             return  # already written by an earlier run
         if frame.index < job.resume_from:  # for the overlay only: its mask is the one kept on disk
@@ -349,11 +350,8 @@ class WriterLoop:
         report = job.output.close()
         job.preview.remove()
         resume.discard(job.start.outputs)
-        done = EndOfStream(
-            job_id=job_id,
-            frames_total=report.frames_written,
-            frames_sent=job.end.frames_sent,
-            frames_dropped=job.end.frames_dropped,
+        done = OutputsComplete(
+            job_id=job_id, frames_written=report.frames_written, frames_dropped=job.end.frames_dropped
         )
         self._send_progress(job)
         del self.jobs[job_id]
@@ -380,7 +378,7 @@ class WriterLoop:
             self.events.report(ErrorMessage(code="writer", message=reason, job_id=job_id))
         logger.info("job=%s outputs discarded phase=%s reason=%s", job_id, phase.value, reason)
 
-    def _remember(self, job_id: str, phase: OutputPhase, done: EndOfStream | None) -> None:
+    def _remember(self, job_id: str, phase: OutputPhase, done: OutputsComplete | None) -> None:
         self.finished[job_id] = (phase, done)
         while len(self.finished) > FINISHED_MEMORY:
             self.finished.popitem(last=False)
@@ -403,7 +401,7 @@ class WriterLoop:
             Progress(
                 job_id=job.start.job_id,
                 frames_done=job.written,
-                frames_dropped=job.dropped,
+                frames_dropped=job.frames_dropped,
                 fps=job.written / elapsed,
                 latency_s=job.latency_s,
             )

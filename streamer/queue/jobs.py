@@ -14,8 +14,8 @@ incarnation, e.g. ``f"{host}-{device}-{pid}"``) takes work with `JobQueue.claim`
    at once, and that interrupted delivery does not count;
 2. otherwise reads a new entry (XREADGROUP), skipping jobs cancelled while they waited.
 
-While it runs a job the holder calls `JobQueue.heartbeat` every ``heartbeat_interval_s`` (well under
-the visibility timeout). The heartbeat resets the entry's idle time (XCLAIM JUSTID, which does not
+While it runs a job the holder calls `JobQueue.renew_lease` every ``lease_renewal_s`` (well under
+the visibility timeout). The renewal resets the entry's idle time (XCLAIM JUSTID, which does not
 count as a delivery), refreshes the consumer's TTL key, stores progress, and answers whether the job
 was cancelled or lost (re-taken by another consumer after this one stalled). A dead consumer is thus
 detected after ``visibility_timeout_s`` (seconds), not after a job timeout (hours).
@@ -28,8 +28,8 @@ Wiring in the worker process::
 
     queue = JobQueue(redis.Redis.from_url(url, decode_responses=True), keys=KeyNames(prefix), ...)
     claim = queue.claim(consumer, block_s=1.0)          # None when idle
-    ... every heartbeat_interval_s while decoding/segmenting:
-        status = queue.heartbeat(claim, JobProgress(frames_done=..., fps=..., dropped_frames=...))
+    ... every lease_renewal_s while decoding/segmenting:
+        status = queue.renew_lease(claim, JobProgress(frames_done=..., fps=..., frames_dropped=...))
         CANCEL_REQUESTED -> stop the decoder, queue.finish(claim, JobState.CANCELLED)
         LOST             -> stop without finishing; the new holder owns the job
     queue.finish(claim, JobState.DONE, outputs={...})   # or FAILED with error=...
@@ -41,7 +41,7 @@ asks the holder to end a running job early and keep its outputs (DONE with ``sto
 discards them.
 
 Size: the Lua scripts and the Python that calls them must change together (one script per transition),
-so the queue protocol stays in one module; the job record and daemon-load types may move out (issue #12).
+and the scripts name the record's fields, so the queue protocol and the job record stay in one module.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class KeyNames:
         return f"{self.prefix}:daemon-loads"
 
     def daemon(self, name: str) -> str:
-        """Hash of a running daemon: its pid and the pids of its processes (expires with its heartbeat)."""
+        """Hash of a running daemon: its pid and the pids of its processes (expires unless renewed)."""
         return f"{self.prefix}:daemon:{name}"
 
 
@@ -148,7 +148,7 @@ class JobRecord(BaseModel):
     frames_done: int = Field(default=0, description="Frames segmented so far.")
     frames_total: int | None = Field(default=None, description="Frames in the source when known (files).")
     fps: float = Field(default=0.0, description="Recent processing rate, frames per second.")
-    dropped_frames: int = Field(default=0, description="Frames dropped by the live policy so far.")
+    frames_dropped: int = Field(default=0, description="Frames dropped by the live policy so far.")
     error: str | None = Field(default=None, description="Why the job failed, or who cancelled it.")
     attempts: int = Field(
         default=0,
@@ -182,7 +182,7 @@ class JobRecord(BaseModel):
         default=None, description="Live jobs: the sum of those frames' latencies, seconds.",
     )
     cancel_requested: bool = Field(
-        default=False, description="Set by cancel(); the holder stops within a heartbeat.",
+        default=False, description="Set by cancel(); the holder stops within a lease renewal.",
     )
     stop_requested: bool = Field(
         default=False, description="Set by stop(); the holder ends the job early, keeping its outputs.",
@@ -247,11 +247,11 @@ class Claim:
 
 @dataclass(frozen=True)
 class JobProgress:
-    """Counters the holder reports with each heartbeat."""
+    """Counters the holder reports with each lease renewal."""
 
     frames_done: int
     fps: float = 0.0
-    dropped_frames: int = 0
+    frames_dropped: int = 0
     frames_total: int | None = None
     runs: int | None = None
     resumed_from: int | None = None
@@ -269,7 +269,7 @@ class JobProgress:
         values: dict[str, object] = {
             "frames_done": self.frames_done,
             "fps": f"{self.fps:.3f}",
-            "dropped_frames": self.dropped_frames,
+            "frames_dropped": self.frames_dropped,
             "frames_total": self.frames_total,
             "runs": self.runs,
             "resumed_from": self.resumed_from,
@@ -292,7 +292,7 @@ class DaemonLoad:
 
     running: int
     capacity: int
-    """Jobs it can hold now: 0 while its workers or writer are not ready, or while it drains."""
+    """Jobs it can hold now: 0 while its workers or writer are not ready, or while it is stopping."""
     published_at: float
     """Unix time of the report; older than the visibility timeout means the daemon is gone."""
 
@@ -312,8 +312,8 @@ class DaemonLoad:
         return self.published_at > time.time() - visibility_timeout_s
 
 
-class HeartbeatStatus(str, Enum):
-    """What the holder of a job must do after a heartbeat."""
+class LeaseStatus(str, Enum):
+    """What the holder of a job must do after renewing its lease."""
 
     OK = "ok"
     CANCEL_REQUESTED = "cancel_requested"
@@ -392,7 +392,7 @@ return 'ok'
 
 # KEYS[1] job hash, KEYS[2] queue, KEYS[3] consumer key. ARGV[1] group, ARGV[2] consumer, ARGV[3] entry id,
 # ARGV[4] attempt, ARGV[5] consumer key TTL ms, ARGV[6..] progress field/value pairs.
-_HEARTBEAT = """
+_RENEW_LEASE = """
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
 local job = redis.call('HMGET', KEYS[1], 'attempts', 'worker', 'state')
 if job[1] ~= ARGV[4] or job[2] ~= ARGV[2] or job[3] ~= 'running' then
@@ -429,7 +429,7 @@ _StreamReply = list[tuple[str, list[_StreamEntry]]]
 
 
 class JobQueue:
-    """Submit, claim, heartbeat, finish, cancel and list jobs. See the module docstring for the protocol."""
+    """Submit, claim, renew leases, finish, cancel and list jobs; the module docstring gives the protocol."""
 
     def __init__(
         self,
@@ -447,7 +447,7 @@ class JobQueue:
         self.max_attempts = max_attempts
         self._submit = client.register_script(_SUBMIT)
         self._transition = client.register_script(_TRANSITION)
-        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._renew = client.register_script(_RENEW_LEASE)
         self._request = client.register_script(_REQUEST)
         try:
             client.xgroup_create(self.keys.queue, self.keys.group, id="0", mkstream=True)
@@ -506,9 +506,9 @@ class JobQueue:
             if time.monotonic() >= deadline:
                 return None
 
-    def heartbeat(self, claim: Claim, progress: JobProgress | None = None) -> HeartbeatStatus:
+    def renew_lease(self, claim: Claim, progress: JobProgress | None = None) -> LeaseStatus:
         """Keep the lease on a running job, store progress, and say whether to go on."""
-        result = self._heartbeat(
+        result = self._renew(
             keys=[self.keys.job(claim.job.id), self.keys.queue, self.keys.consumer(claim.consumer)],
             args=[
                 self.keys.group,
@@ -519,7 +519,7 @@ class JobQueue:
                 *(progress.fields() if progress is not None else []),
             ],
         )
-        return HeartbeatStatus(result)
+        return LeaseStatus(result)
 
     def finish(
         self,
@@ -639,7 +639,7 @@ class JobQueue:
         return {key.removeprefix(prefix): cast("dict[str, str]", self.redis.hgetall(key)) for key in keys}
 
     def live_consumers(self) -> list[str]:
-        """Consumers whose heartbeat key has not expired."""
+        """Consumers whose liveness key has not expired."""
         prefix = self.keys.consumer("")
         return sorted(key.removeprefix(prefix) for key in self.redis.scan_iter(match=f"{prefix}*"))
 
@@ -698,7 +698,7 @@ class JobQueue:
                 "worker", consumer,
                 "started_at", repr(time.time()),
                 "frames_done", "0",
-                "dropped_frames", "0",
+                "frames_dropped", "0",
             ],
         )  # fmt: skip
         if not started:
@@ -716,7 +716,7 @@ class JobQueue:
     def _dead_letter(self, entry_id: str, fields: dict[str, str] | None, deliveries: int) -> None:
         """An entry whose every holder died: its job fails for good, with a dead-letter entry."""
         job_id = (fields or {}).get("job_id")
-        reason = f"gave up after {deliveries - 1} attempts: each holder stopped sending heartbeats"
+        reason = f"gave up after {deliveries - 1} attempts: each holder stopped renewing its lease"
         failed = ["state", JobState.FAILED.value, "error", reason, "finished_at", repr(time.time())]
         if job_id is None or not self._move(
             job_id, JobState.FAILED, failed, entry_id=entry_id, action=EntryAction.DEAD_LETTER

@@ -68,6 +68,7 @@ class MessageKind(str, Enum):
     ERROR = "error"
     SOURCE_STATUS = "source_status"
     CHECKPOINT_SAVED = "checkpoint_saved"
+    OUTPUTS_COMPLETE = "outputs_complete"
 
 
 class Process(str, Enum):
@@ -304,7 +305,7 @@ class FrameMessage(_Message):
 
     `pts` is the presentation time in seconds from the source (None when the source has none);
     `capture_time` is the wall clock (Unix seconds) when the decoder produced the frame, for latency.
-    `dropped` is how many frames the sender has dropped so far for this job (live jobs), so the worker
+    `frames_dropped` is how many frames the sender has dropped so far for this job (live jobs), so the worker
     can report drops while the job runs.
     """
 
@@ -319,7 +320,7 @@ class FrameMessage(_Message):
     pts: float | None
     capture_time: float
     source_size: tuple[int, int]
-    dropped: int = 0
+    frames_dropped: int = 0
 
     def __post_init__(self) -> None:
         _check_image(self.image, "frame image", channels=3)
@@ -350,14 +351,13 @@ class MaskMessage(_Message):
 
 @dataclass(frozen=True)
 class EndOfStream(_Message):
-    """No more frames for this job. `frames_total` frames were produced, `frames_sent` of them sent and
-    `frames_dropped` dropped (live), so the receiver can check it got every frame that was sent."""
+    """No more frames for this job: the decoder produced `frames_total`, sent `frames_sent` of them and
+    dropped `frames_dropped` (live), so the worker can check it got every frame that was sent."""
 
     KIND: ClassVar[MessageKind] = MessageKind.END_OF_STREAM
     ROUTES: ClassVar[tuple[Route, ...]] = (
         Route(Process.DECODER, Process.WORKER, "no more frames: produced, sent, dropped; asks for EndAck"),
         Route(Process.WORKER, Process.WRITER, "the decoder's end, after its last mask", forwarded=True),
-        Route(Process.WRITER, Process.DAEMON, "outputs complete under their final names (frames written)"),
     )
     job_id: str
     frames_total: int
@@ -423,20 +423,18 @@ class Shutdown(_Message):
 
 @dataclass(frozen=True)
 class Progress(_Message):
-    """Per-job counters for the status hash (streamer/queue/jobs.py): frames done, dropped, rate, latency."""
+    """The writer's per-job counters for the status hash (streamer/queue/jobs.py): frames written,
+    dropped, rate, and (live jobs, one per frame) the frame's decode-to-written latency."""
 
     KIND: ClassVar[MessageKind] = MessageKind.PROGRESS
     ROUTES: ClassVar[tuple[Route, ...]] = (
-        Route(Process.DECODER, Process.DAEMON, "frames the source is expected to have (frames_total)"),
-        Route(Process.WRITER, Process.DAEMON, "frames written and dropped, fps, latency (frames_total None)"),
+        Route(Process.WRITER, Process.DAEMON, "frames written and dropped, fps, latency"),
     )
     job_id: str
     frames_done: int
     frames_dropped: int = 0
     fps: float = 0.0
     latency_s: float | None = None
-    frames_total: int | None = None
-    """Frames the source is expected to have (decoder, when the container says); None when unknown or live."""
 
 
 @dataclass(frozen=True)
@@ -480,7 +478,7 @@ class SourceStatus(_Message):
 
     KIND: ClassVar[MessageKind] = MessageKind.SOURCE_STATUS
     ROUTES: ClassVar[tuple[Route, ...]] = (
-        Route(Process.DECODER, Process.DAEMON, "connecting, streaming or reconnecting: attempts, last error"),
+        Route(Process.DECODER, Process.DAEMON, "source state: attempts, last error, frames to read"),
     )
     job_id: str
     state: str
@@ -491,6 +489,9 @@ class SourceStatus(_Message):
     """The last connect error or reason the stream was lost."""
     last_frame_at: float | None = None
     """Unix time of the last decoded frame; None before the first."""
+    frames_total: int | None = None
+    """Frames the job will read (the container's count, capped by max_frames) once the source is open;
+    None before that, and for live or unknown-length sources."""
 
 
 @dataclass(frozen=True)
@@ -504,6 +505,21 @@ class CheckpointSaved(_Message):
     )
     job_id: str
     frame: int = field(metadata=_wire(minimum=1))
+
+
+@dataclass(frozen=True)
+class OutputsComplete(_Message):
+    """The writer's word that a job's outputs are complete under their final names: `frames_written`
+    frames, `frames_dropped` of the source's frames dropped (live). Sent once, and again as the answer to
+    a later Cancel or JobStart of the same job, so the daemon never discards finished outputs."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.OUTPUTS_COMPLETE
+    ROUTES: ClassVar[tuple[Route, ...]] = (
+        Route(Process.WRITER, Process.DAEMON, "outputs complete under their final names (frames written)"),
+    )
+    job_id: str
+    frames_written: int
+    frames_dropped: int = 0
 
 
 Message = (
@@ -520,6 +536,7 @@ Message = (
     | ErrorMessage
     | SourceStatus
     | CheckpointSaved
+    | OutputsComplete
 )
 
 _CLASSES: dict[MessageKind, type[Message]] = {cls.KIND: cls for cls in get_args(Message)}

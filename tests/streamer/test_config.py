@@ -143,7 +143,7 @@ def test_unknown_keys_are_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         ),
         ("workers:\n  devices: [gpu0]\n", "unknown device 'gpu0'"),
         ("transport:\n  live_drop_policy: newest\n", "transport.live_drop_policy"),
-        ("redis:\n  heartbeat_interval_s: 10\n", "at most a third"),
+        ("redis:\n  lease_renewal_s: 10\n", "at most a third"),
         ("- just\n- a list\n", "top level must be a mapping"),
         ("xmem: [unclosed\n", "cannot read configuration"),
     ],

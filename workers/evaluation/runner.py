@@ -2,7 +2,7 @@
 
 Each video gets a fresh VideoSession (so a fresh InferenceCore and memory). Long-term usage counting is
 decided per video with eval.py's rule, because without it long-term removal cannot run, and with it
-short videos would pay for bookkeeping they never use (spec 2.1, 3.7).
+short videos would pay for bookkeeping they never use.
 """
 
 from __future__ import annotations

@@ -11,11 +11,10 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from workers.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from workers.tmo.mit import MiT
 from workers.xmem.backbones import LITE_DIMS, LITE_STRIDE32_DIM, LiteKeyEncoder
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 RESNET_DIMS = (256, 512, 1024, 2048)
 """Channels of ResNet-101 layer1..layer4 (strides 4..32)."""
 MIT_DIMS = (64, 128, 320, 512)

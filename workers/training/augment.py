@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from workers.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
 FILL_COLOUR = tuple(round(255 * m) for m in IMAGENET_MEAN)
 """Border colour of warped images: the normalisation mean, so borders become zeros after normalising."""
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from workers.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from workers.training.weights import file_sha256
 from workers.xmem.backbones import LiteKeyEncoder
-from workers.xmem.session import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ Outputs in ``output_dir/exp_id``:
 Run on several processes with ``python -m torch.distributed.run --standalone --nproc_per_node=N -m
 workers.training.trainer <the options of vosd train>``.
 
-Size: one training loop shared by the stages, DDP and resume; the checkpoint I/O and the stage
-schedule can move out (structure issue #12).
+Size: one training loop shared by the stages, DDP and resume. The checkpoint I/O and the stage schedule
+can move out; left whole while the bundled-model work (#11) changes this loop, so the two do not collide.
 """
 
 from __future__ import annotations

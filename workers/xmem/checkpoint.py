@@ -1,7 +1,7 @@
 """Checkpoints in the official XMem format: a plain state dict (name -> tensor), loaded strictly.
 
 Reading is `torch.load(..., weights_only=True)`, so a checkpoint can never run code. The network's sizes and
-variant are read from tensor shapes (spec 1.1). The only transformation is the official one: a single-object
+variant are read from tensor shapes. The only transformation is the official one: a single-object
 checkpoint (value_encoder.conv1 with 4 input channels) gets a zero fifth channel. There is no key renaming.
 As a convenience, a dict that wraps a state dict under "state_dict", "model" or "network" (training
 checkpoints) is unwrapped; anything else that is not a state dict is refused with a CheckpointError that
@@ -90,7 +90,7 @@ def is_tensor_mapping(value: object) -> bool:
 
 
 def spec_from_state_dict(state: Mapping[str, torch.Tensor]) -> NetworkSpec:
-    """Read sizes from tensor shapes (spec 1.1); the key encoder's first block gives the variant."""
+    """Read sizes from tensor shapes; the key encoder's first block gives the variant."""
     required = {
         "key_proj.key_proj.weight": "key_dim",
         "value_encoder.fuser.block2.conv2.weight": "value_dim",

@@ -27,7 +27,7 @@ class InferenceConfig:
         enable_long_term_count_usage: count how much each long-term element is read, so the least used can
             be evicted when long-term memory is full. XMem's eval.py decides this per video: on iff long-term
             is on and num_frames / (max_mid_term_frames - min_mid_term_frames) * num_prototypes >=
-            max_long_term_elements (spec 2.1; `workers.evaluation.runner.count_usage`). The GUI always counts.
+            max_long_term_elements (`workers.evaluation.runner.count_usage`). The GUI always counts.
             When off and long-term memory is full, the oldest prototypes are evicted instead (official:
             an error).
         max_mid_term_frames: T_max, working-memory size in frames that triggers a compression.

@@ -1,4 +1,4 @@
-"""InferenceCore: XMem's per-frame procedure for one video (spec 2.3), on top of a stateless network.
+"""InferenceCore: XMem's per-frame procedure for one video, on top of a stateless network.
 
 The caller gives normalised frames (3, H, W) and, on frames that introduce objects, one-hot masks
 (N, H, W) over every object seen so far; the core pads to multiples of 16, decides which network steps

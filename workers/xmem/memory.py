@@ -1,4 +1,4 @@
-"""MemoryManager: XMem's working, long-term and sensory memory for one video (spec section 3).
+"""MemoryManager: XMem's working, long-term and sensory memory for one video.
 
 Working memory (WM) holds whole memory frames (HW elements each). With long-term memory on, when WM reaches
 max_mid_term_frames frames everything but the first frame and the newest min_mid_term_frames - 1 frames is
@@ -6,7 +6,7 @@ consolidated into at most num_prototypes long-term (LT) prototypes, and LT is ke
 max_long_term_elements by evicting its least used (without usage counting: oldest) elements first.
 Deliberate differences from the official code, each keeping memory consistent or bounded:
 * object groups added after the first frame keep values for exactly the newest keys they cover, through
-  compression and eviction (official: their values drift against the keys, spec 3.7 quirks 4 and 5);
+  compression and eviction (official: their values drift against the keys);
   prototypes are stored in candidate order so that each group's valid prototypes are the newest LT keys;
 * LT eviction works with several object groups (official: NotImplementedError) and without usage
   counting, where the oldest prototypes go (official: RuntimeError).

@@ -2,7 +2,8 @@
 
 Grouped features have shape (B, N, C, H, W): N objects share one image-level feature map (B, C, H, W).
 Convolutions fold the object axis into the batch axis, so their weights are ordinary conv weights.
-Attribute names below are the official state-dict names (spec section 1.3); do not rename them.
+Attribute names below are the official state-dict names, so released checkpoints load as they are:
+do not rename them.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def gru_step(gates: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """XMem's GRU-like update from gate pre-activations (B, N, 3*Ch, h, w) and hidden (B, N, Ch, h, w).
 
     new h = forget * h * (1 - update) + update * candidate; the candidate does not see a reset-gated state
-    (an accident in the original design that was kept, spec 1.4).
+    (an accident in the original design that was kept, since checkpoints depend on it).
     """
     ch = hidden.shape[2]
     forget = torch.sigmoid(gates[:, :, :ch])

@@ -1,6 +1,6 @@
 """XMemNetwork: the XMem network as a pure module with named steps (encode_key, encode_value, segment).
 
-The official variant has exactly the official state-dict layout (spec 1.3), so released checkpoints load
+The official variant has exactly the official state-dict layout, so released checkpoints load
 without renaming. The module keeps no state between calls; memory lives in the inference core.
 Shapes: H, W are padded to multiples of 16; h, w = H/16, W/16; N = number of objects.
 """

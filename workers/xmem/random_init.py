@@ -1,8 +1,8 @@
-"""Calibrated random initialisation of XMemNetwork (spec section 5) for tests, benchmarks and training.
+"""Calibrated random initialisation of XMemNetwork for tests, benchmarks and training.
 
 Plain random weights make XMem numerically useless: BatchNorm statistics do not match the activations, and
 keys are so large that every top-k similarity is below about -104, where exp() underflows and the readout
-is NaN (spec 2.4). So after drawing weights we
+is NaN. So after drawing weights we
 * calibrate BatchNorm running statistics on a few random image/mask batches (activations become normalised),
 * rescale the key / shrinkage / selection heads, the two GRU gate convs and the prediction head so their
   outputs have a chosen spread on those batches (unit-variance keys keep similarities in softmax range).

@@ -1,6 +1,6 @@
 """VideoSession: the one place where raw frames and index masks become XMem inputs and outputs.
 
-It reproduces the data pipeline of XMem's eval.py (spec 2.1) so that `vosd eval`, the daemon worker and
+It reproduces the data pipeline of XMem's eval.py so that `vosd eval`, the daemon worker and
 `vosd segment` all feed the engine identically:
 
 * frame: uint8 RGB -> float in [0, 1] -> ImageNet normalisation -> (size >= 0) resize of the *normalised*
@@ -27,12 +27,11 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from workers.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from workers.xmem.config import InferenceConfig
 from workers.xmem.inference_core import InferenceCore
 from workers.xmem.network import XMemNetwork
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_OBJECTS = 255
 """Index masks are uint8, so labels 1..255."""
 STATE_FORMAT = 1

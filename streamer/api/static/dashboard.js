@@ -66,7 +66,7 @@ function jobRow(job) {
   bar.innerHTML = `<span class="bar"><div style="width:${Math.round((job.progress || 0) * 100)}%"></div></span> `;
   bar.append(`${job.frames_done}${total}`);
   cell(row, job.fps.toFixed(1));
-  cell(row, String(job.dropped_frames));
+  cell(row, String(job.frames_dropped));
   cell(row, latencyText(job));
   cell(row, job.state === "running" ? job.source_state || "" : "");
   const outputs = cell(row, "");

@@ -65,7 +65,7 @@ def write_config(data_dir: Path, media: Path, redis_url: str, port: int) -> Path
     config = data_dir / "vosd.yaml"
     settings = {
         "data_dir": str(data_dir),
-        "redis": {"url": redis_url, "key_prefix": "vosd-api", "heartbeat_interval_s": 0.5},
+        "redis": {"url": redis_url, "key_prefix": "vosd-api", "lease_renewal_s": 0.5},
         "workers": {
             "devices": ["cpu"],
             "jobs_per_worker": 3,

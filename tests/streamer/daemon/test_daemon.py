@@ -40,7 +40,15 @@ from daemon_rig import (
 from streamer.masks import read_index_mask
 from streamer.output.writer_process import WriterSettings, output_paths, run_writer
 from streamer.queue.jobs import JobQueue, JobRecord, JobState, KeyNames
-from streamer.transport.messages import Cancel, EndOfStream, FrameMessage, JobStart, MaskMessage, Shutdown
+from streamer.transport.messages import (
+    Cancel,
+    EndOfStream,
+    FrameMessage,
+    JobStart,
+    MaskMessage,
+    OutputsComplete,
+    Shutdown,
+)
 from streamer.transport.sockets import QueueSettings, ResultCollector, ResultSender
 from videos import (
     LiveServer,
@@ -99,7 +107,7 @@ def test_batch_job_through_the_daemon_writes_complete_outputs(served: Served, cl
     job = served.submit(str(clips["video"]), "--mask", str(clips["mask"]))
     record = served.wait(job)
     assert record.state is JobState.DONE, record.error
-    assert (record.frames_done, record.frames_total, record.dropped_frames) == (48, 48, 0)
+    assert (record.frames_done, record.frames_total, record.frames_dropped) == (48, 48, 0)
     assert (record.runs, record.attempts, record.latency_p50_s) == (1, 1, None)  # latency is for live jobs
     assert record.started_at and record.finished_at and record.finished_at >= record.started_at
     assert_complete_outputs(record, 48)
@@ -168,7 +176,7 @@ def test_live_stream_cut_and_restarted_reconnects_and_the_job_continues(served: 
     assert record.state is JobState.DONE, record.error
     assert before.frames_done < record.frames_done
     assert (
-        record.frames_done + record.dropped_frames == 240
+        record.frames_done + record.frames_dropped == 240
     )  # each decoded frame is written or counted dropped
     count, size, _ = frames_of(Path(record.outputs["overlay"]))
     assert count == record.frames_done and size == (160, 120)
@@ -282,11 +290,11 @@ def test_writer_answers_every_cancel_with_what_is_on_disk(
     start_process(run_writer, settings)
     tx = ResultSender(context, settings.collector_endpoint, queues, peer_timeout_s=JOB_TIMEOUT_S)
 
-    def answer(job_id: str) -> EndOfStream | Cancel:
+    def answer(job_id: str) -> OutputsComplete | Cancel:
         deadline = time.monotonic() + JOB_TIMEOUT_S
         while time.monotonic() < deadline:
             message = events.receive(timeout_s=0.2)
-            if isinstance(message, (EndOfStream, Cancel)) and message.job_id == job_id:
+            if isinstance(message, (OutputsComplete, Cancel)) and message.job_id == job_id:
                 return message
         raise AssertionError(f"no answer for {job_id}")
 
@@ -303,9 +311,10 @@ def test_writer_answers_every_cancel_with_what_is_on_disk(
 
     try:
         complete = feed("complete", 3, end=True)
-        assert isinstance(answer("complete"), EndOfStream)
+        assert isinstance(answer("complete"), OutputsComplete)
         tx.send(Cancel(job_id="complete", reason="cancelled on request"))  # a moment too late
-        assert isinstance(answer("complete"), EndOfStream), "complete outputs are kept and reported as such"
+        answer_after = answer("complete")
+        assert isinstance(answer_after, OutputsComplete), "complete outputs are kept and reported as such"
         assert sorted(p.name for p in Path(complete["masks"]).iterdir()) == [
             "00000.png",
             "00001.png",

@@ -164,7 +164,7 @@ def _alive(pid: int) -> bool:
 def test_two_daemons_spread_jobs_and_the_survivor_takes_over_every_job_of_a_killed_one(
     redis_url: str, data_dirs: list[Path], clip
 ) -> None:
-    lease = {"visibility_timeout_s": 3.0, "heartbeat_interval_s": 0.5}
+    lease = {"visibility_timeout_s": 3.0, "lease_renewal_s": 0.5}
     first, second = (_served(directory, redis_url, **lease) for directory in data_dirs)
     try:
         queue = JobQueue(redis_lib.Redis.from_url(redis_url, decode_responses=True), keys=KeyNames("vosd"))

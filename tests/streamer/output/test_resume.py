@@ -153,7 +153,7 @@ def _launch(data_dir: Path, redis_url: str) -> tuple[subprocess.Popen, Path]:
     config = data_dir / "vosd.yaml"
     config.write_text(yaml.safe_dump({
         "data_dir": str(data_dir),
-        "redis": {"url": redis_url, "key_prefix": "resume", "heartbeat_interval_s": 0.5},
+        "redis": {"url": redis_url, "key_prefix": "resume", "lease_renewal_s": 0.5},
         "workers": {"devices": ["cpu"], "jobs_per_worker": 2, "size": 64, "max_objects": 4,
                     "model_path": str(checkpoint), "checkpoint_every_s": 0.3},
         "writer": {"crf": 30},

@@ -14,13 +14,13 @@ import redis
 
 from conftest import SPAWN
 from streamer.queue.jobs import (
-    HeartbeatStatus,
     JobNotFound,
     JobProgress,
     JobQueue,
     JobRecord,
     JobState,
     KeyNames,
+    LeaseStatus,
 )
 
 WAIT_S = 15.0
@@ -48,8 +48,8 @@ def hold_job(url: str, reports: multiprocessing.Queue) -> None:
     frames = 0
     while time.monotonic() < deadline:
         frames += 1
-        status = queue.heartbeat(claim, JobProgress(frames_done=frames, fps=10.0))
-        if status is HeartbeatStatus.CANCEL_REQUESTED:
+        status = queue.renew_lease(claim, JobProgress(frames_done=frames, fps=10.0))
+        if status is LeaseStatus.CANCEL_REQUESTED:
             reports.put({"cancel_seen_at": time.time(), "finished": queue.finish(claim, JobState.CANCELLED)})
             return
         time.sleep(0.1)
@@ -71,7 +71,7 @@ def test_submit_claim_finish(redis_url: str) -> None:
     assert running.state is JobState.RUNNING and running.worker == "worker-1" and running.started_at
 
     progress = JobProgress(frames_done=12, fps=24.5, frames_total=100)
-    assert queue.heartbeat(claim, progress) is HeartbeatStatus.OK
+    assert queue.renew_lease(claim, progress) is LeaseStatus.OK
     assert queue.finish(claim, JobState.DONE, outputs={"overlay": "/out/a.mp4"})
     done = queue.get(submitted.id)
     assert done.state is JobState.DONE and done.finished_at and done.outputs == {"overlay": "/out/a.mp4"}
@@ -89,7 +89,7 @@ def test_final_states_are_final(redis_url: str) -> None:
     assert queue.finish(claim, JobState.DONE)
     assert not queue.finish(claim, JobState.FAILED, error="late")
     assert queue.cancel(job.id) is JobState.DONE
-    assert queue.heartbeat(claim) is HeartbeatStatus.LOST
+    assert queue.renew_lease(claim) is LeaseStatus.LOST
     record = queue.get(job.id)
     assert record.state is JobState.DONE and record.error is None
     with pytest.raises(ValueError, match="final state"):
@@ -110,7 +110,7 @@ def test_status_hash_round_trip(redis_url: str) -> None:
         frames_done=7,
         frames_total=None,
         fps=29.97,
-        dropped_frames=3,
+        frames_dropped=3,
         error="x: y",
         attempts=2,
         cancel_requested=True,
@@ -165,7 +165,7 @@ def test_stalled_holder_loses_the_job_and_cannot_finish_it(redis_url: str) -> No
     time.sleep(VISIBILITY_S * 1.2)
     rescuer = queue.claim("rescuer", block_s=1.0)
     assert rescuer is not None and rescuer.attempt == 2
-    assert queue.heartbeat(stalled) is HeartbeatStatus.LOST
+    assert queue.renew_lease(stalled) is LeaseStatus.LOST
     assert not queue.finish(stalled, JobState.DONE)
     assert queue.finish(rescuer, JobState.DONE)
     assert queue.get(job.id).worker == "rescuer"
@@ -186,7 +186,7 @@ def test_every_orphan_of_a_dead_holder_is_retaken_promptly_on_its_second_attempt
     # Held and heartbeated by the survivor, none is lost or dead-lettered however long it runs.
     for _ in range(6):
         time.sleep(VISIBILITY_S * 0.4)
-        assert all(queue.heartbeat(claim) is HeartbeatStatus.OK for claim in taken)
+        assert all(queue.renew_lease(claim) is LeaseStatus.OK for claim in taken)
         assert queue.claim("another", block_s=0.0) is None
     assert queue.dead_letters() == []
     assert [queue.get(job.id).attempts for job in jobs] == [2, 2, 2]
@@ -269,7 +269,7 @@ def test_give_up_fails_the_job_and_lists_it_in_the_dead_letters_atomically(redis
     job = queue.submit("keeps-crashing.mp4")
     claim = queue.claim("daemon-1", block_s=1.0)
     assert claim is not None
-    assert queue.heartbeat(claim, JobProgress(frames_done=7, runs=3)) is HeartbeatStatus.OK
+    assert queue.renew_lease(claim, JobProgress(frames_done=7, runs=3)) is LeaseStatus.OK
     assert queue.give_up(claim, "gave up after 3 runs; last: worker-0 died")
     record = queue.get(job.id)
     assert (record.state, record.error, record.runs) == (
@@ -307,10 +307,10 @@ def test_hand_back_requeues_at_once_without_counting_the_attempt(redis_url: str)
     assert time.monotonic() - taken_at < VISIBILITY_S / 2
     assert (second.attempt, queue.get(job.id).attempts, queue.get(job.id).worker) == (1, 1, "next-daemon")
     # The same attempt number, but another holder: the one that handed the job back cannot touch it.
-    assert queue.heartbeat(first) is HeartbeatStatus.LOST
+    assert queue.renew_lease(first) is LeaseStatus.LOST
     assert not queue.finish(first, JobState.DONE)
     assert not queue.hand_back(first)
-    assert queue.heartbeat(second) is HeartbeatStatus.OK
+    assert queue.renew_lease(second) is LeaseStatus.OK
     assert queue.finish(second, JobState.DONE)
     assert queue.redis.xlen(queue.keys.queue) == 0
 
@@ -350,7 +350,7 @@ def test_source_status_travels_with_the_heartbeat(redis_url: str) -> None:
     assert claim is not None
     progress = JobProgress(0, source_state="reconnecting", reconnect_attempts=3, source_error="refused",
                            last_frame_at=1700000000.25)
-    assert queue.heartbeat(claim, progress) is HeartbeatStatus.OK
+    assert queue.renew_lease(claim, progress) is LeaseStatus.OK
     record = queue.get(job.id)
     assert (record.source_state, record.reconnect_attempts, record.source_error, record.last_frame_at) == (
         "reconnecting", 3, "refused", 1700000000.25)

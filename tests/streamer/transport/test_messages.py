@@ -23,6 +23,7 @@ from streamer.transport.messages import (
     MaskMessage,
     MessageError,
     MessageKind,
+    OutputsComplete,
     Progress,
     Shutdown,
     SourceStatus,
@@ -45,7 +46,7 @@ def _frame(index: int = 3) -> FrameMessage:
         pts=index / 25,
         capture_time=1_700_000_000.5,
         source_size=(640, 480),
-        dropped=2,
+        frames_dropped=2,
     )
 
 
@@ -68,6 +69,8 @@ def test_every_kind_round_trips() -> None:
         Heartbeat(process="worker-0", sent_at=12.0, jobs=("job-a", "job-b")),
         ErrorMessage(code="decode_failed", message="bad packet", job_id=None),
         SourceStatus(job_id="job-a", state="reconnecting", attempts=3, error="refused", last_frame_at=9.5),
+        SourceStatus(job_id="job-b", state="streaming", frames_total=120),
+        OutputsComplete(job_id="job-a", frames_written=9, frames_dropped=1),
         SourceStatus(job_id="job-b", state="connecting"),
         CheckpointSaved(job_id="job-a", frame=18),
     ]
@@ -184,7 +187,7 @@ def test_senders_cannot_build_messages_the_receiver_would_reject() -> None:
     [
         (Credit(job_id="j", credits=1), {"credits": 0}, "credit: field 'credits' must be an integer >= 1"),
         (Heartbeat(process="w", sent_at=1.0), {"jobs": [1]}, "heartbeat: field 'jobs'"),
-        (Progress(job_id="j", frames_done=1), {"frames_total": -1}, "progress: field 'frames_total'"),
+        (SourceStatus(job_id="j", state="on"), {"frames_total": -1}, "source_status: field 'frames_total'"),
         (
             JobStart(job_id="j", live=True, source_size=(4, 4), mask=np.zeros((4, 4), np.uint8)),
             {"options": []},
@@ -209,8 +212,8 @@ def test_header_fields_follow_their_annotations(message, changes: dict, expected
 
 
 def test_optional_header_fields_accept_null_or_absence() -> None:
-    parts = _wire(encode(Progress(job_id="j", frames_done=1, latency_s=0.5, frames_total=9)))
-    header = {k: v for k, v in _header(parts).items() if k not in ("latency_s", "frames_total")}
+    parts = _wire(encode(SourceStatus(job_id="j", state="streaming", last_frame_at=0.5, frames_total=9)))
+    header = {k: v for k, v in _header(parts).items() if k not in ("last_frame_at", "frames_total")}
     decoded = decode([parts[0], json.dumps(header).encode()])
-    assert decoded == Progress(job_id="j", frames_done=1)
+    assert decoded == SourceStatus(job_id="j", state="streaming")
     assert decode(_with_header(parts, frames_total=None)).frames_total is None

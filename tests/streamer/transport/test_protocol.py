@@ -12,7 +12,7 @@ from streamer.transport import messages
 from streamer.transport.messages import Process, protocol_table
 
 BUILDERS: dict[tuple[str, str], Process] = {
-    ("streamer/ingest/decoder.py", "Decoder"): Process.DECODER,
+    ("streamer/ingest/decoder.py", "DecoderLoop"): Process.DECODER,
     ("streamer/transport/sockets.py", "FrameSender"): Process.DECODER,
     ("workers/worker.py", "Worker"): Process.WORKER,
     ("streamer/transport/sockets.py", "FrameInbox"): Process.WORKER,

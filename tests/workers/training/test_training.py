@@ -19,6 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from repo_paths import REPO
+from workers.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from workers.training.augment import ClipAugmentation, video_augmentation
 from workers.training.cli import plot_command, train_command
 from workers.training.config import DEFAULT_STAGES, TrainConfig
@@ -52,7 +53,6 @@ from workers.xmem.backbones import LITE_BN_EPS, OTHERS_CHANNEL, LiteKeyEncoder
 from workers.xmem.checkpoint import load_network
 from workers.xmem.network import NetworkSpec
 from workers.xmem.random_init import make_random_network
-from workers.xmem.session import IMAGENET_MEAN, IMAGENET_STD
 
 TINY = dict(variant="small", iterations=2, batch_size=2, crop_size=64, num_workers=0, device="cpu",
             log_every=1, synthetic_clips=4)

@@ -1,4 +1,4 @@
-"""InferenceCore: the per-frame procedure of spec 2.3 and the memory-size traces of spec section 5.
+"""InferenceCore: the official per-frame procedure and its memory-size traces.
 
 S1-S5 run the official-format network (random calibrated checkpoint, written and loaded like a released
 one) on the spec's video: a random texture seen through a 75x100 window that moves one pixel down-right per

@@ -57,7 +57,7 @@ def box_masks(objects: int, batch: int = 1, size: tuple[int, int] = (H, W)) -> t
 
 
 def similarity(memory_key, shrinkage, query_key, selection) -> torch.Tensor:
-    """Anisotropic L2 similarity of spec 2.4, (M, P), for single-image keys."""
+    """Anisotropic L2 similarity of XMem, (M, P), for single-image keys."""
     km, sm = memory_key.flatten(2)[0], shrinkage.flatten(2)[0]
     kq, eq = query_key.flatten(2)[0], selection.flatten(2)[0]
     distance = (eq[:, None, :] * (km[:, :, None] - kq[:, None, :]) ** 2).sum(0)

@@ -10,10 +10,11 @@ from PIL import Image
 from scipy import ndimage
 from torchvision import transforms
 
+from workers.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from workers.xmem.config import InferenceConfig
 from workers.xmem.network import NetworkSpec, XMemNetwork
 from workers.xmem.random_init import InitOptions, make_random_network
-from workers.xmem.session import IMAGENET_MEAN, IMAGENET_STD, SessionInputError, VideoSession
+from workers.xmem.session import SessionInputError, VideoSession
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

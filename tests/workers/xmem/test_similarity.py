@@ -1,4 +1,4 @@
-"""Readout maths: anisotropic L2 similarity (spec 2.4), top-k softmax with its two fixes, readout, usage."""
+"""Readout maths: anisotropic L2 similarity, top-k softmax with its two fixes, readout, usage."""
 
 from __future__ import annotations
 
