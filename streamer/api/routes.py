@@ -1,6 +1,9 @@
 """Job routes: submit (JSON or multipart), list, get, cancel, stop, server-sent events, outputs, and
 the first frame of a source for drawing a mask.
 
+Size: about 420 lines, one handler per route and the multipart parsing they share; the models live in
+streamer/api/models.py and the first-frame preview in streamer/api/preview.py.
+
 Routes talk to Redis only through `JobQueue`, so one API serves the jobs of every daemon sharing it.
 Blocking work (Redis, files, decoding) runs in the thread pool, never on the event loop.
 """

@@ -9,6 +9,9 @@ of frames 0..N-1 are written, so the daemon never resumes ahead of the outputs. 
 frames 0..N-1 without masks (overlay only; `OutputWriter(resume=True)` reuses the kept PNGs when this
 process is not the one that wrote them), and completion expects N + the frames sent to the worker.
 
+Size: about 430 lines, the loop and the per-job join state it owns; encoding and file formats live in
+streamer/output/writer.py, checkpoint files in streamer/output/resume.py.
+
 Messages arrive on one PULL socket (`ResultCollector`); who sends what, and what it means here, is in
 the protocol table (`streamer.transport.messages.protocol_table()`, shown in docs/architecture.md).
 
