@@ -6,8 +6,9 @@ Precedence, highest first: ``VOSD_*`` environment variables (nested fields with 
 configs/default.yaml repeats with a comment on every field. Unknown keys are errors, in the file and in
 ``VOSD_`` variables alike, so a misspelt option never silently keeps its default.
 
-Size: about 440 lines because every section's fields carry their unit, bounds and reason in the
-Field description; that text is the documentation `vosd config` prints, so it stays beside the field.
+Size: about 440 lines because every field carries its unit, bounds and reason in its Field description
+(tests/streamer/test_config.py requires one, and that configs/default.yaml lists every field); the
+sections are small and read best side by side.
 
 Wiring::
 
