@@ -9,6 +9,8 @@ States of an AutoSession:
   from the frame just before). When TMO is confident and stable (agrees with its previous check) and
   XMem's mask has collapsed below `min_area`, or disagreed with TMO (IoU < `drift_iou`) on
   `drift_checks` checks in a row, TMO's mask re-seeds XMem by the `reseed` policy: event ``reseed``.
+  "reset" starts XMem again on that frame; "memory" steps the same frame once more with TMO's mask as an
+  anchor (a memory frame that overrides what XMem predicted, as an interactive correction would).
 * A scene cut (grey thumbnails of consecutive frames differ by more than `cut_threshold`) drops XMem and
   TMO's motion and returns to searching: the first mask of the new scene is found the way the first one was.
 
