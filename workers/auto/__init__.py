@@ -1,6 +1,4 @@
-"""Auto mode: TMO finds the primary object, seeds XMem with it and keeps watching to re-seed (issue #9)."""
+"""Auto mode: TMO finds the primary object, seeds XMem with it and keeps watching to re-seed (issue #9).
 
-from workers.auto.config import AutoConfig, ReseedPolicy
-from workers.auto.session import AutoResult, AutoSession, TMOOnlySession
-
-__all__ = ["AutoConfig", "AutoResult", "AutoSession", "ReseedPolicy", "TMOOnlySession"]
+`config` holds only plain types, so `streamer.config` imports it without torch; `session` (AutoSession,
+TMOOnlySession), `seed` and `build` are imported where they run."""
