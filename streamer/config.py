@@ -6,9 +6,10 @@ Precedence, highest first: ``VOSD_*`` environment variables (nested fields with 
 configs/default.yaml repeats with a comment on every field. Unknown keys are errors, in the file and in
 ``VOSD_`` variables alike, so a misspelt option never silently keeps its default.
 
-Size: about 440 lines because every field carries its unit, bounds and reason in its Field description
+Size: about 520 lines because every field carries its unit, bounds and reason in its Field description
 (tests/streamer/test_config.py requires one, and that configs/default.yaml lists every field); the
-sections are small and read best side by side.
+sections are small and read best side by side. The `auto` section repeats AutoConfig's fields only to
+describe them; their defaults and checks stay in workers/auto/config.py.
 
 Wiring::
 
