@@ -104,6 +104,19 @@ def test_batch_auto_job_killed_mid_run_resumes_from_its_checkpoint(served: Serve
     assert (record.seeds, record.last_seed_frame) == (len(events), events[-1]["frame"])
 
 
+def test_cancel_of_a_running_auto_job_leaves_no_outputs(served: Served, tmp_path: Path) -> None:
+    long = tmp_path / "long.mp4"
+    write_moving_shape_video(long, frames=72, objects=1)
+    out = tmp_path / "cancelled"
+    job = served.submit(str(long), "--output", str(out))
+    served.wait_progress(job, 5)
+    assert served.queue.cancel(job) is JobState.RUNNING
+    record = served.wait(job, timeout_s=30)
+    assert record.state is JobState.CANCELLED, record
+    time.sleep(1.0)  # the writer discards the temporary files once its Cancel arrives
+    assert not out.exists() or not list(out.iterdir()), list(out.iterdir())
+
+
 def test_tmo_mode_job_writes_tmo_masks(served: Served, clip: Path) -> None:
     job = served.submit(str(clip), "--mode", "tmo", "--no-overlay", "--no-masks")
     record = served.wait(job)
