@@ -12,11 +12,13 @@ FPS counts model time only (decoding excluded). Bundled weights: vosd-lite.pth a
 
     nice python benchmarks/auto_compare.py [--root DAVIS] [--sequences camel,car-roundabout,dog]
                                            [--size 240] [--threads 1] [--methods tmo,auto-reset,...]
+                                           [--auto drift_iou=0.6 --auto drift_checks=1 ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import time
 from pathlib import Path
@@ -55,14 +57,14 @@ def load_clip(sequence, size: int) -> tuple[list[np.ndarray], dict[int, np.ndarr
     return frames, truth
 
 
-def run_method(method: str, frames: list[np.ndarray], truth: dict[int, np.ndarray], networks: dict
-               ) -> tuple[list[np.ndarray], float, int]:
+def run_method(method: str, frames: list[np.ndarray], truth: dict[int, np.ndarray], networks: dict,
+               overrides: dict[str, Any]) -> tuple[list[np.ndarray], float, int]:
     """(binary masks, model seconds, seeds) of one method on one clip."""
     session: Any
     if method == "tmo":
         session = tmo_session(networks["tmo"], "dis", "cpu")
     elif method.startswith("auto-"):
-        auto = AutoConfig(reseed=method.removeprefix("auto-"))  # type: ignore[arg-type]
+        auto = AutoConfig.from_mapping({**overrides, "reseed": method.removeprefix("auto-")})
         session = mask_free_session("auto", tmo=networks["tmo"], flow="dis", device="cpu",
                                     xmem=networks["xmem"], inference=InferenceConfig(), auto=auto, size=-1)
     else:
@@ -98,7 +100,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=240)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--auto", action="append", default=[], metavar="NAME=VALUE",
+                        help="an AutoConfig field for the auto methods (repeatable), e.g. drift_iou=0.6")
     args = parser.parse_args()
+    fields = {f.name: f.type for f in dataclasses.fields(AutoConfig)}
+    overrides: dict[str, Any] = {}
+    for item in args.auto:
+        name, _, value = item.partition("=")
+        kind = fields[name]
+        overrides[name] = int(value) if kind == "int" else float(value) if kind == "float" else value
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     names = args.sequences.split(",")
@@ -112,7 +122,7 @@ def main() -> None:
     for method in methods:
         cells, jf, j, f, stab, frames, seconds, seeds = [], [], [], [], [], 0, 0.0, []
         for images, truth in clips.values():
-            masks, spent, seeded = run_method(method, images, truth, networks)
+            masks, spent, seeded = run_method(method, images, truth, networks, overrides)
             sj, sf, ss = scores(masks, truth)
             cells.append(f"{100 * (sj + sf) / 2:.1f} ({seeded})" if method.startswith("auto") else
                          f"{100 * (sj + sf) / 2:.1f}")
@@ -128,7 +138,7 @@ def main() -> None:
         lines.append(row)
         print(row, flush=True)
     print(f"\nDAVIS-2016 {', '.join(clips)} at {args.size}p, {args.threads} torch thread(s); per-clip J&F "
-          "(seeds and re-seeds in brackets for auto)")
+          f"(seeds and re-seeds in brackets for auto); auto options {overrides or 'defaults'}")
     print("\n".join(lines))
 
 
