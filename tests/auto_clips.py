@@ -25,10 +25,11 @@ class BrightObjectTMO:
     def step(self, frame: np.ndarray) -> TMOResult:
         self.calls += 1
         self.motion_frames.append(self.previous)
+        used_flow = self.previous is not None
         self.previous = frame
         mask = (frame.mean(axis=2) > BRIGHT).astype(np.uint8)
         foreground = np.where(mask == 1, 0.95, 0.05).astype(np.float32)
-        return TMOResult(mask, foreground, self.previous is not None)
+        return TMOResult(mask, foreground, used_flow)
 
 
 def background(seed: int, low: int, high: int, frames: int) -> np.ndarray:
