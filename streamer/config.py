@@ -6,9 +6,10 @@ Precedence, highest first: ``VOSD_*`` environment variables (nested fields with 
 configs/default.yaml repeats with a comment on every field. Unknown keys are errors, in the file and in
 ``VOSD_`` variables alike, so a misspelt option never silently keeps its default.
 
-Size: about 440 lines because every field carries its unit, bounds and reason in its Field description
+Size: about 520 lines because every field carries its unit, bounds and reason in its Field description
 (tests/streamer/test_config.py requires one, and that configs/default.yaml lists every field); the
-sections are small and read best side by side.
+sections are small and read best side by side. The `auto` section repeats AutoConfig's fields only to
+describe them; their defaults and checks stay in workers/auto/config.py.
 
 Wiring::
 
@@ -23,13 +24,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from streamer.transport.sockets import LiveDropPolicy, QueueSettings
+from workers.auto.config import AutoConfig, ReseedPolicy
 from workers.xmem.config import InferenceConfig
 
 MAX_IPC_PATH = 100
@@ -247,6 +249,79 @@ class XMemConfig(_Section):
         return InferenceConfig(**self.model_dump())
 
 
+_AUTO = AutoConfig()
+"""Auto mode's defaults come from AutoConfig, which also validates the combination."""
+
+
+class AutoSection(_Section):
+    """Jobs without a first-frame mask (modes auto and tmo): TMO's model and every seeding threshold."""
+
+    model_path: str = Field(
+        default="", description="TMO checkpoint (.pth). Empty: the bundled vosd-tmo-lite.pth.",
+    )
+    flow: Literal["dis", "none"] = Field(
+        default="dis", description="TMO's motion input: dis (OpenCV DIS optical flow) or none (the frame).",
+    )
+    stable_frames: int = Field(
+        default=_AUTO.stable_frames, description="Seeding: TMO frames in a row that must be plausible, "
+        "confident and agree (stable_iou) before the mask seeds XMem.",
+    )
+    stable_iou: float = Field(
+        default=_AUTO.stable_iou, description="IoU (0-1) between consecutive TMO masks counted as stable.",
+    )
+    min_area: float = Field(
+        default=_AUTO.min_area, description="Smallest plausible object, fraction of the frame (0-1); an "
+        "XMem mask below it has collapsed.",
+    )
+    max_area: float = Field(
+        default=_AUTO.max_area, description="Largest plausible object, fraction of the frame (0-1).",
+    )
+    min_confidence: float = Field(
+        default=_AUTO.min_confidence, description="Mean TMO foreground probability (0-1) inside its mask "
+        "for TMO to count as confident.",
+    )
+    check_every: int = Field(
+        default=_AUTO.check_every, description="Frames between TMO checks of XMem's mask while tracking.",
+    )
+    drift_iou: float = Field(
+        default=_AUTO.drift_iou, description="IoU (0-1) of XMem's and TMO's masks below which a check "
+        "drifts.",
+    )
+    drift_checks: int = Field(
+        default=_AUTO.drift_checks, description="Drifting checks in a row (TMO stable and confident) "
+        "before XMem is re-seeded.",
+    )
+    cut_threshold: float = Field(
+        default=_AUTO.cut_threshold, description="Mean absolute grey difference (0-1) of consecutive "
+        "thumbnails above which a scene cut restarts the search; 1 or more: never.",
+    )
+    thumbnail: int = Field(
+        default=_AUTO.thumbnail, description="Side in pixels of the grey thumbnails compared for cuts.",
+    )
+    component_fraction: float = Field(
+        default=_AUTO.component_fraction, description="Mask cleaning: components smaller than this "
+        "fraction (0-1) of the largest are dropped.",
+    )
+    reseed: ReseedPolicy = Field(
+        default=_AUTO.reseed, description="Re-seed on drift or collapse: reset (clear XMem's memory) or "
+        "memory (add TMO's mask as a memory frame).",
+    )
+    objects: int = Field(
+        default=_AUTO.objects, description="Objects to seed: 1 = one object; N = the N largest separate "
+        "components. A job may override it (vosd submit --objects).",
+    )
+
+    @model_validator(mode="after")
+    def _valid_for_auto_mode(self) -> AutoSection:
+        self.auto_config()
+        return self
+
+    def auto_config(self, **overrides: Any) -> AutoConfig:
+        """The AutoConfig of these options with `overrides` (raises ValueError on an invalid value)."""
+        values = self.model_dump(exclude={"model_path", "flow"})
+        return AutoConfig.from_mapping({**values, **overrides})
+
+
 class WriterConfig(_Section):
     """What the writer produces for each job."""
 
@@ -360,6 +435,9 @@ class VosdConfig(BaseSettings):
     )
     workers: WorkersConfig = Field(default_factory=WorkersConfig, description="Worker processes and model.")
     xmem: XMemConfig = Field(default_factory=XMemConfig, description="XMem inference options.")
+    auto: AutoSection = Field(
+        default_factory=AutoSection, description="Jobs without a first-frame mask (modes auto and tmo).",
+    )
     writer: WriterConfig = Field(default_factory=WriterConfig, description="Job outputs.")
     http: HttpConfig = Field(
         default_factory=HttpConfig, description="HTTP API, dashboard and metrics (off by default).",

@@ -21,8 +21,16 @@ next to the job's outputs, and a JobStart with ``outputs["resume_from"]`` = N lo
 N, bit-identically, instead of starting over from the first-frame mask.
 
 Per-job options are daemon-wide inference options overridden by the job's own (JobStart.options), so one
-job can use a different `mem_every` without touching the others. A job whose mask or options cannot be
-used is rejected at JobStart with a sentence that says why; the decoder reports it to the daemon.
+job can use a different `mem_every` without touching the others. Two job options are not XMem's: `mode`
+(streamer/modes.py; absent: xmem with a mask, auto without) and `objects` (auto mode's object count).
+Jobs without a mask run an AutoSession (TMO seeds and watches XMem) or a TMOOnlySession (workers/auto);
+TMO's network is loaded on the first such job and then shared, like XMem's. Their masks carry the
+session's state and seed events (MaskMessage.auto), and their checkpoints hold the whole auto state.
+A job whose mask or options cannot be used is rejected at JobStart with a sentence that says why; the
+decoder reports it to the daemon.
+
+Size: about 440 lines; job setup (three modes), stepping, checkpoints and heartbeats all act on the one
+job table of this loop, and the mode-specific parts are already in workers/auto and workers/xmem.
 """
 
 from __future__ import annotations
@@ -40,9 +48,10 @@ from typing import Any
 import numpy as np
 import zmq
 
-from streamer.config import TransportConfig, WorkersConfig, XMemConfig
+from streamer.config import AutoSection, TransportConfig, WorkersConfig, XMemConfig
 from streamer.lifeline import exit_with_parent
 from streamer.masks import FirstMaskError, check_first_mask
+from streamer.modes import Mode, ModeError, choose_mode
 from streamer.output.resume import checkpoint_path, pending_path, resumable
 from streamer.transport.messages import (
     Cancel,
@@ -92,6 +101,8 @@ class WorkerSettings:
     """Working size, jobs per worker, object limit, checkpoint period: the config's own section."""
     xmem: XMemConfig = field(default_factory=XMemConfig)
     """Daemon-wide XMem inference options; a job's own options override them."""
+    auto: AutoSection = field(default_factory=AutoSection)
+    """TMO's model and the thresholds of jobs without a mask (modes auto and tmo)."""
     threads: int = 0
     """Torch intra-op threads; 0: on CPU every core but one (`default_threads`), else torch's default."""
     heartbeat_s: float = 1.0
@@ -104,12 +115,17 @@ class WorkerJob:
     start: JobStart
     session: Any
     first_mask: np.ndarray | None
+    mode: Mode = Mode.XMEM
     frames: int = 0
     seconds: float = 0.0
     checkpoint_due: float | None = None
     """Monotonic time of the next checkpoint; None for jobs that are not checkpointed."""
     pending: Path | None = None
     """The last checkpoint saved here, until the writer promotes it."""
+
+
+JOB_MODE_OPTIONS = frozenset({"mode", "objects"})
+"""Job options that choose the session (streamer/modes.py, auto mode's object count), not XMem options."""
 
 
 class JobSetupError(ValueError):
@@ -122,6 +138,8 @@ class Worker:
     def __init__(self, settings: WorkerSettings, network: Any, context: zmq.Context) -> None:
         self.settings = settings
         self.network = network
+        self.tmo_network: Any = None
+        """TMO's network, loaded by the first job without a mask."""
         self.state = WorkerState.STARTING
         self.jobs: dict[str, WorkerJob] = {}
         self._stop_requested = False
@@ -185,13 +203,16 @@ class Worker:
             limit = self.settings.workers.jobs_per_worker
             if len(self.jobs) >= limit:
                 raise JobSetupError(f"worker {self.settings.name} already runs {limit} jobs")
-            if start.mask is None:
-                raise JobSetupError("the job has no first-frame mask")
             try:
-                check_first_mask(start.mask, start.source_size, self.settings.workers.max_objects)
-            except FirstMaskError as exc:
+                mode = choose_mode(start.mask is not None, start.options.get("mode"))
+            except ModeError as exc:
                 raise JobSetupError(str(exc)) from None
-            session = self._session(start.options)
+            if start.mask is not None:
+                try:
+                    check_first_mask(start.mask, start.source_size, self.settings.workers.max_objects)
+                except FirstMaskError as exc:
+                    raise JobSetupError(str(exc)) from None
+            session = self._session(start.options, mode)
             resume_from = start.outputs.get("resume_from", 0)
             if resume_from:
                 load_checkpoint(session, start, resume_from)
@@ -199,31 +220,55 @@ class Worker:
             logger.warning("job=%s rejected reason=%s", start.job_id, exc)
             self.inbox.reject(start, str(exc))
             return
-        job = WorkerJob(start=start, session=session, first_mask=None if resume_from else start.mask)
+        first_mask = None if resume_from else start.mask
+        job = WorkerJob(start=start, session=session, first_mask=first_mask, mode=mode)
         if self.settings.workers.checkpoint_every_s > 0 and resumable(start.outputs, start.live):
             job.checkpoint_due = time.monotonic() + self.settings.workers.checkpoint_every_s
         self.jobs[start.job_id] = job
         self.inbox.accept(start)
         logger.info(
-            "job=%s accepted worker=%s live=%s jobs=%d resume_from=%d",
+            "job=%s accepted worker=%s live=%s mode=%s jobs=%d resume_from=%d",
             start.job_id,
             self.settings.name,
             start.live,
+            mode.value,
             len(self.jobs),
             resume_from,
         )
 
-    def _session(self, overrides: dict[str, Any]) -> Any:
+    def _session(self, options: dict[str, Any], mode: Mode) -> Any:
         from workers.xmem.config import InferenceConfig
         from workers.xmem.session import VideoSession
 
-        options = {**self.settings.xmem.model_dump(), **overrides}
+        overrides = {k: v for k, v in options.items() if k not in JOB_MODE_OPTIONS}
         try:
-            config = InferenceConfig(**options)
+            config = InferenceConfig(**{**self.settings.xmem.model_dump(), **overrides})
         except (TypeError, ValueError) as exc:
             raise JobSetupError(f"invalid inference options {sorted(overrides)}: {exc}") from None
         size, device = self.settings.workers.size, self.settings.device
-        return VideoSession(self.network, config, size=size, device=device)
+        if mode is Mode.XMEM:
+            return VideoSession(self.network, config, size=size, device=device)
+        from workers.auto.build import mask_free_session
+
+        try:
+            auto = self.settings.auto.auto_config(
+                **({"objects": options["objects"]} if "objects" in options else {}))
+        except (TypeError, ValueError) as exc:
+            raise JobSetupError(f"invalid option 'objects': {exc}") from None
+        return mask_free_session(mode.value, tmo=self._tmo(), flow=self.settings.auto.flow, device=device,
+                                 xmem=self.network, inference=config, auto=auto, size=size)
+
+    def _tmo(self) -> Any:
+        """TMO's network, loaded once; JobSetupError when its checkpoint cannot be used."""
+        if self.tmo_network is None:
+            from workers.auto.build import load_tmo
+
+            try:
+                self.tmo_network = load_tmo(self.settings.auto.model_path, self.settings.device)
+            except Exception as exc:  # a missing or broken checkpoint fails this job, not the worker
+                raise JobSetupError(f"cannot load the TMO model: {exc}") from None
+            logger.info("worker=%s TMO model loaded", self.settings.name)
+        return self.tmo_network
 
     def _frame(self, frame: FrameMessage) -> None:
         job = self.jobs.get(frame.job_id)
@@ -233,7 +278,11 @@ class Worker:
         mask, job.first_mask = job.first_mask, None
         try:
             # Source-size frame and mask: the session does all preprocessing, as in `vosd segment` and eval.
-            result = job.session.step(frame.image, mask)
+            if job.mode is Mode.XMEM:
+                result, auto = job.session.step(frame.image, mask), None
+            else:
+                result = job.session.step(frame.image)
+                auto = auto_summary(job.mode, job.session, result)
         except Exception as exc:  # any failure of one job must not take the worker down
             logger.exception("job=%s frame=%d step failed", frame.job_id, frame.index)
             self._fail(frame.job_id, "inference", f"segmenting frame {frame.index} failed: {exc}")
@@ -252,6 +301,7 @@ class Worker:
                 pts=frame.pts,
                 capture_time=frame.capture_time,
                 timings={"step": elapsed},
+                auto=auto,
             ),
         )
         if job.checkpoint_due is not None and time.monotonic() >= job.checkpoint_due:
@@ -320,6 +370,15 @@ class Worker:
     def _set_state(self, state: WorkerState) -> None:
         self.state = state
         logger.info("worker=%s state=%s", self.settings.name, state.value)
+
+
+def auto_summary(mode: Mode, session: Any, result: Any) -> dict[str, Any]:
+    """MaskMessage.auto of a mask-free job's frame: mode, state, seed count and frame, and its event."""
+    summary: dict[str, Any] = {"mode": mode.value, "state": result.state, "seeds": session.seeds,
+                               "last_seed_frame": session.last_seed}
+    if result.event is not None:
+        summary["event"] = result.event
+    return summary
 
 
 def gpu_memory_bytes(device: str) -> int | None:

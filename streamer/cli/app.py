@@ -20,6 +20,7 @@ from streamer.cli.daemon_commands import (
     submit_command,
     watch_command,
 )
+from streamer.modes import Mode
 from workers.evaluation.cli import eval_command, score_command
 from workers.training.cli import plot_command, train_command, weights_app
 
@@ -34,8 +35,9 @@ app = typer.Typer(
 def segment_command(
     video: Annotated[str, typer.Argument(help="Video file or stream URL.")],
     mask: Annotated[
-        Path, typer.Option("--mask", "-m", help="Index mask of the first frame (palette or 0/255 PNG).")
-    ],
+        Path | None, typer.Option("--mask", "-m", help="Index mask of the first frame (palette or 0/255 "
+                                  "PNG). Without it: auto mode, TMO finds the object.")
+    ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Overlay MP4 to write.")] = None,
     masks: Annotated[
         Path | None, typer.Option("--masks", help="Folder for one palette PNG per frame.")
@@ -52,8 +54,19 @@ def segment_command(
     amp: Annotated[
         bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA).")
     ] = None,
+    mode: Annotated[
+        Mode | None, typer.Option(help="xmem (needs --mask), auto (TMO seeds and watches XMem) or tmo "
+                                       "(TMO's masks only). Default: xmem with --mask, auto without.")
+    ] = None,
+    objects: Annotated[
+        int | None, typer.Option(min=1, max=255, help="Auto mode: separate components seeded as up to N "
+                                                      "objects, largest first (default: the config's, 1).")
+    ] = None,
+    tmo_model: Annotated[
+        str | None, typer.Option(help="TMO checkpoint for auto/tmo (default: the bundled vosd-tmo-lite.pth).")
+    ] = None,
 ) -> None:
-    """Segment one video locally: overlay MP4 and masks, with a progress bar."""
+    """Segment one video locally: overlay MP4 and masks, with a progress bar; no mask: auto mode."""
     from rich.console import Console
 
     from streamer.segment import run_segment
@@ -61,7 +74,8 @@ def segment_command(
     console = Console(stderr=True)
     try:
         run_segment(video, mask, output=output, masks_dir=masks, rle_path=rle, model=model,
-                    config_path=config, size=size, device=device, amp=amp, console=console)
+                    config_path=config, size=size, device=device, amp=amp, console=console,
+                    mode=None if mode is None else mode.value, objects=objects, tmo_model=tmo_model)
     except Exception as error:  # every failure ends in one clear line and a non-zero exit
         from streamer.segment import USER_ERRORS
 

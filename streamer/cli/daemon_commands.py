@@ -133,7 +133,14 @@ def submit_command(
         str, typer.Argument(help="Video file, stream URL (rtsp://, udp://, http://) or camera.")
     ],
     mask: Annotated[
-        Path | None, typer.Option("--mask", "-m", help="First-frame index mask (PNG).")
+        Path | None, typer.Option("--mask", "-m", help="First-frame index mask (PNG). Without it: auto mode.")
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="xmem (needs --mask), auto (TMO seeds and watches XMem) or tmo (TMO's "
+                                      "masks only). Default: xmem with --mask, auto without.")
+    ] = None,
+    objects: Annotated[
+        int | None, typer.Option(min=1, max=255, help="Auto mode: seed up to N separate components.")
     ] = None,
     live: Annotated[
         bool | None,
@@ -159,8 +166,19 @@ def submit_command(
 ) -> None:
     """Queue a job; prints its id."""
     from streamer.ingest.sources import is_live_uri
+    from streamer.modes import Mode, ModeError, choose_mode
 
+    try:
+        chosen = choose_mode(mask is not None, mode)
+        if objects is not None and chosen is not Mode.AUTO:
+            raise ModeError("--objects applies to mode auto only")
+    except ModeError as exc:
+        typer.echo(f"not submitted: {exc}", err=True)
+        raise typer.Exit(2) from None
     options = _parse_options(option or [])
+    options["mode"] = chosen.value
+    if objects is not None:
+        options["objects"] = objects
     # Unset: the serving daemon's writer config decides (e.g. configs/live-camera.yaml writes no PNGs).
     options.update({k: v for k, v in (('overlay', overlay), ('masks', masks), ('rle', rle)) if v is not None})
     if output is not None:
@@ -177,6 +195,7 @@ def submit_command(
                 mask_path=str(mask.resolve()) if mask is not None else None,
                 live=is_live_uri(source) if live is None else live,
                 options=options,
+                mode=chosen.value,
             )
         except ValueError as exc:  # unsupported source scheme; nothing was queued
             typer.echo(f"not submitted: {exc}", err=True)

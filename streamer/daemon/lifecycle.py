@@ -113,6 +113,8 @@ class DaemonJob:
     stop_deadline: float = 0.0
     source: SourceStatus | None = None
     """The current run's decoder's last report; None until it is up (and can take SIGUSR1)."""
+    auto: dict[str, Any] | None = None
+    """Modes auto and tmo: the writer's last Progress.auto (state, seeds, last seed frame)."""
     stop_requested: bool = False
     stop_signalled: bool = False
     """SIGUSR1 sent to the current run's decoder (`vosd stop`)."""
@@ -157,7 +159,20 @@ class DaemonJob:
             resumed_from=self.resumed_from,
             latency_counts=None if self.latency_counts is None else tuple(self.latency_counts),
             latency_sum_s=None if self.latency_counts is None else self.latency_sum_s,
+            auto_state=_text(self.auto, "state"),
+            seeds=_count(self.auto, "seeds"),
+            last_seed_frame=_count(self.auto, "last_seed_frame"),
         )
+
+
+def _text(summary: dict[str, Any] | None, name: str) -> str | None:
+    value = None if summary is None else summary.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _count(summary: dict[str, Any] | None, name: str) -> int | None:
+    value = None if summary is None else summary.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def percentile(ordered: list[float], q: float) -> float | None:

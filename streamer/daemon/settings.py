@@ -80,6 +80,7 @@ class DaemonSettings:
             transport=self.config.transport,
             workers=self.config.workers,
             xmem=self.config.xmem,
+            auto=self.config.auto,
             threads=self.torch_threads,
         )
 

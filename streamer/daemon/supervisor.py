@@ -293,6 +293,8 @@ class Daemon:
             job.fps = message.fps
             if job.claim.job.live and message.latency_s is not None:
                 job.record_latency(message.latency_s)
+            if message.auto is not None:
+                job.auto = message.auto
 
     # ------------------------------------------------------------------------------------------ children
 

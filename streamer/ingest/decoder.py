@@ -114,12 +114,13 @@ class _StopFlag:
         return self.set
 
 
-def load_first_mask(path: str | None, source_size: tuple[int, int], max_objects: int) -> np.ndarray:
-    """Read and check the first-frame mask; raise `JobInputError` with a sentence a user can act on."""
+def load_first_mask(path: str | None, source_size: tuple[int, int], max_objects: int) -> np.ndarray | None:
+    """Read and check the first-frame mask; raise `JobInputError` with a sentence a user can act on. None
+    for a job without one (modes auto and tmo; the worker refuses a mode xmem job without a mask)."""
     from streamer.masks import FirstMaskError, MaskFileError, check_first_mask, read_index_mask
 
     if path is None:
-        raise JobInputError("the job has no first-frame mask")
+        return None
     mask_path = Path(path)
     if not mask_path.is_file():
         raise JobInputError(f"first-frame mask {mask_path} not found")

@@ -64,6 +64,8 @@ class WriterReport:
     """Missing index ranges, ``(first, last)`` inclusive."""
     resumed_from: int = 0
     outputs: list[str] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+    """Seed and re-seed events of auto mode written with their frames (``{"kind", "frame", "reason"}``)."""
 
     @property
     def missing_frames(self) -> int:
@@ -74,6 +76,7 @@ class WriterReport:
 class _Pending:
     frame: np.ndarray | None
     mask: np.ndarray | None
+    event: dict | None = None
 
 
 def _part(path: Path) -> Path:
@@ -214,8 +217,10 @@ class OutputWriter:
     def frames_written(self) -> int:
         return self.report.frames_written
 
-    def write(self, index: int, frame: np.ndarray | None, mask: np.ndarray | None) -> None:
-        """Accept one frame in any order; writes everything that is now in order."""
+    def write(self, index: int, frame: np.ndarray | None, mask: np.ndarray | None,
+              event: dict | None = None) -> None:
+        """Accept one frame in any order; writes everything that is now in order. `event` (auto mode's
+        seed or re-seed on this frame) goes into the frame's RLE line as ``"event"`` and into the report."""
         if self._closed:
             raise WriterError("writer is closed")
         if index < self.next_index or index in self._pending:
@@ -226,7 +231,7 @@ class OutputWriter:
                 self.report.duplicates += 1
             return
         self._validate(index, frame, mask)
-        self._pending[index] = _Pending(frame, mask)
+        self._pending[index] = _Pending(frame, mask, event)
         self._drain()
         if len(self._pending) > self.reorder_window:
             self._give_up_gap()
@@ -279,8 +284,13 @@ class OutputWriter:
                 write_index_mask(temporary, mask, self.palette)
                 os.replace(temporary, part / MASK_NAME.format(index))
             if self._rle is not None:
-                self._rle.write(json.dumps(_rle_record(index, mask), separators=(",", ":")) + "\n")
+                record = _rle_record(index, mask)
+                if pending.event is not None:
+                    record["event"] = pending.event
+                self._rle.write(json.dumps(record, separators=(",", ":")) + "\n")
                 self._rle.flush()
+            if pending.event is not None:
+                self.report.events.append(pending.event)
         self.report.frames_written += 1
 
     def _full_size(self, mask: np.ndarray) -> np.ndarray:

@@ -153,6 +153,8 @@ class WriterJob:
     written: int = 0
     frames_dropped: int = 0
     latency_s: float | None = None
+    auto: dict[str, Any] | None = None
+    """Modes auto and tmo: the last written frame's summary (MaskMessage.auto, without its event)."""
     opened_at: float = field(default_factory=time.monotonic)
     reported_at: float = 0.0
     reported_written: int = -1
@@ -320,7 +322,11 @@ class WriterLoop:
             for stale in [index for index in job.frames if index < mask.index]:
                 del job.frames[stale]
             output_index = job.written if job.start.live else mask.index
-            job.output.write(output_index, frame.image, mask.mask)
+            event = None
+            if mask.auto is not None:
+                job.auto = {k: v for k, v in mask.auto.items() if k != "event"}
+                event = mask.auto.get("event")
+            job.output.write(output_index, frame.image, mask.mask, event)
             job.preview.offer(frame.image, mask.mask)
             job.last_index = mask.index
             job.written = job.output.frames_written
@@ -407,6 +413,7 @@ class WriterLoop:
                 frames_dropped=job.frames_dropped,
                 fps=job.written / elapsed,
                 latency_s=job.latency_s,
+                auto=job.auto,
             )
         )
 

@@ -137,6 +137,20 @@ class JobRecord(BaseModel):
     id: str = Field(description="Job id, unique; also the decoder's ZeroMQ identity.")
     source: str = Field(description="File path, URL (rtsp://, http://) or camera index of the video.")
     mask_path: str | None = Field(default=None, description="First-frame index mask PNG, if given.")
+    mode: str | None = Field(
+        default=None,
+        description="How the job is segmented: xmem (from the first-frame mask), auto (TMO seeds and watches "
+        "XMem) or tmo (TMO alone); None for jobs submitted before modes (xmem with a mask, auto without).",
+    )
+    auto_state: str | None = Field(
+        default=None,
+        description="Modes auto and tmo, while running: searching (TMO looks for the object; frames are "
+        "written with none) or tracking.",
+    )
+    seeds: int = Field(default=0, description="Mode auto: seeds and re-seeds of XMem by TMO so far.")
+    last_seed_frame: int | None = Field(
+        default=None, description="Mode auto: source frame index of the latest seed or re-seed.",
+    )
     live: bool = Field(default=False, description="Live source: keep the newest frames and count drops.")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Per-job overrides of XMem/writer options.",
@@ -263,6 +277,9 @@ class JobProgress:
     last_frame_at: float | None = None
     latency_counts: tuple[int, ...] | None = None
     latency_sum_s: float | None = None
+    auto_state: str | None = None
+    seeds: int | None = None
+    last_seed_frame: int | None = None
 
     def fields(self) -> list[str]:
         """Status-hash field/value pairs; counters that are None are left as they are."""
@@ -281,6 +298,9 @@ class JobProgress:
             "last_frame_at": None if self.last_frame_at is None else repr(self.last_frame_at),
             "latency_counts": None if self.latency_counts is None else json.dumps(list(self.latency_counts)),
             "latency_sum_s": None if self.latency_sum_s is None else f"{self.latency_sum_s:.4f}",
+            "auto_state": self.auto_state,
+            "seeds": self.seeds,
+            "last_seed_frame": self.last_seed_frame,
         }
         return [item for name, value in values.items() if value is not None for item in (name, str(value))]
 
@@ -463,6 +483,7 @@ class JobQueue:
         live: bool = False,
         options: dict[str, Any] | None = None,
         job_id: str | None = None,
+        mode: str | None = None,
     ) -> JobRecord:
         """Record a new job and queue it; raises ValueError if `job_id` is already taken or the source's
         URL scheme is not one the ingest opens (`UnsupportedSourceError`)."""
@@ -473,6 +494,7 @@ class JobQueue:
             id=job_id or uuid.uuid4().hex[:16],
             source=source,
             mask_path=mask_path,
+            mode=mode,
             live=live,
             options=options or {},
             created_at=time.time(),

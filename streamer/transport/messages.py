@@ -331,7 +331,10 @@ class MaskMessage(_Message):
     """The worker's result for one frame: index mask ``uint8 (H, W)`` in the user's labels.
 
     `timings` maps a stage name to seconds spent (e.g. {"step": 0.031}); `capture_time` is copied from
-    the frame so the writer can measure end-to-end latency.
+    the frame so the writer can measure end-to-end latency. `auto` (jobs without a first mask, modes auto
+    and tmo) is the session's summary after this frame: ``{"mode", "state": "searching" | "tracking",
+    "seeds", "last_seed_frame"}``, plus ``"event"`` (``{"kind": "seed" | "reseed", "frame", "reason"}``)
+    on a frame that (re)seeded XMem; None for masked jobs.
     """
 
     KIND: ClassVar[MessageKind] = MessageKind.MASK
@@ -344,6 +347,7 @@ class MaskMessage(_Message):
     pts: float | None
     capture_time: float
     timings: dict[str, float] = field(default_factory=dict)
+    auto: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _check_image(self.mask, "mask", channels=None)
@@ -424,7 +428,8 @@ class Shutdown(_Message):
 @dataclass(frozen=True)
 class Progress(_Message):
     """The writer's per-job counters for the status hash (streamer/queue/jobs.py): frames written,
-    dropped, rate, and (live jobs, one per frame) the frame's decode-to-written latency."""
+    dropped, rate, (live jobs, one per frame) the frame's decode-to-written latency, and (modes auto and
+    tmo) the latest written frame's `MaskMessage.auto` summary without its event."""
 
     KIND: ClassVar[MessageKind] = MessageKind.PROGRESS
     ROUTES: ClassVar[tuple[Route, ...]] = (
@@ -435,6 +440,7 @@ class Progress(_Message):
     frames_dropped: int = 0
     fps: float = 0.0
     latency_s: float | None = None
+    auto: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,20 @@ def test_profiles_set_what_they_promise() -> None:
     long = load_config(CONFIGS / "long-video.yaml")
     assert (long.xmem.mem_every, long.xmem.max_mid_term_frames, long.xmem.min_mid_term_frames) == (10, 6, 3)
     assert long.xmem.top_k == 30, "fields the profile does not set keep their defaults"
+    camera = load_config(CONFIGS / "auto-camera.yaml")
+    assert camera.transport.live_queue_frames == 1 and camera.writer.masks is False
+    auto = camera.auto.auto_config()
+    assert (auto.stable_frames, auto.check_every, auto.drift_checks, auto.reseed) == (5, 10, 3, "reset")
+
+
+def test_auto_defaults_come_from_auto_config() -> None:
+    from workers.auto.config import AutoConfig
+
+    section = VosdConfig().auto
+    assert section.auto_config() == AutoConfig()
+    assert section.auto_config(objects=3).objects == 3
+    with pytest.raises(ValueError, match="min_area must be below max_area"):
+        section.auto_config(min_area=0.9)
 
 
 def test_official_xmem_defaults() -> None:

@@ -78,3 +78,54 @@ def test_segment_bad_inputs_fail_in_one_line(
     assert "error:" in result.output and message in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "o.mp4").exists()
+
+
+AUTO_CONFIG = """\
+# Thresholds loose enough for the bundled TMO-lite on a 160x120 synthetic clip at TMO's 224 input.
+auto:
+  stable_frames: 2
+  stable_iou: 0.2
+  min_confidence: 0.5
+  flow: dis
+"""
+
+
+def test_segment_without_a_mask_runs_auto_mode_and_reports_the_seed(clip, tmp_path: Path) -> None:
+    config = tmp_path / "auto.yaml"
+    config.write_text(AUTO_CONFIG)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        ["segment", str(clip["video"]), "-o", str(out / "overlay.mp4"), "--rle", str(out / "masks.jsonl"),
+         "--config", str(config), "--size", "64", "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "mode auto" in result.output and "vosd-tmo-lite.pth" in result.output
+    lines = [json.loads(line) for line in (out / "masks.jsonl").read_text().splitlines()]
+    assert [line["frame"] for line in lines] == list(range(FRAMES))
+    events = [line["event"] for line in lines if "event" in line]
+    assert events and events[0] == {"kind": "seed", "frame": events[0]["frame"], "reason": "first"}
+    seeded = events[0]["frame"]
+    assert seeded >= 1, "two stable TMO frames are needed"
+    assert all(not line["objects"] for line in lines[:seeded]), "searching frames have no object"
+    assert lines[seeded]["objects"], "the seed frame has the object"
+    assert f"seed at frame {seeded} (first)" in " ".join(result.output.split())
+    with av.open(str(out / "overlay.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == FRAMES
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--mode", "xmem"], "needs a first-frame mask"),
+        (["--mode", "auto", "--mask", "MASK"], "takes no mask"),
+        (["--objects", "2", "--mode", "tmo"], "--objects applies to mode auto only"),
+    ],
+)
+def test_segment_mode_errors_are_one_line(clip, tmp_path: Path, arguments: list[str], message: str) -> None:
+    arguments = [str(clip["mask"]) if a == "MASK" else a for a in arguments]
+    result = CliRunner().invoke(
+        app, ["segment", str(clip["video"]), "-o", str(tmp_path / "o.mp4"), "--device", "cpu", *arguments])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not (tmp_path / "o.mp4").exists()

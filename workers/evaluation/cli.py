@@ -13,10 +13,12 @@ from workers.evaluation.datasets import DatasetName
 
 
 class Method(str, Enum):
-    """Which engine `vosd eval` runs: XMem (semi-supervised, first mask given) or TMO (unsupervised)."""
+    """Which engine `vosd eval` runs: XMem (semi-supervised, first mask given), TMO (unsupervised) or auto
+    (unsupervised: TMO seeds and re-seeds XMem, as a daemon job without a mask)."""
 
     xmem = "xmem"
     tmo = "tmo"
+    auto = "auto"
 
 
 class FlowChoice(str, Enum):
@@ -75,12 +77,24 @@ def eval_command(
     = False,
     raft_weights: Annotated[Path | None, typer.Option(help="torchvision raft_large / raft_small state dict.")]
     = None,
+    tmo_model: Annotated[str | None, typer.Option(
+        help="With --method auto: the TMO checkpoint (default: the bundled vosd-tmo-lite.pth).")] = None,
+    auto_config: Annotated[Path | None, typer.Option(
+        "--config", help="With --method auto: a vosd YAML config whose auto section sets the thresholds.")]
+    = None,
+    reseed: Annotated[str | None, typer.Option(
+        help="With --method auto: reset or memory (overrides the config's auto.reseed).")] = None,
 ) -> None:
     """Run XMem (or TMO with --method tmo) on a dataset and write palette PNGs, one folder per sequence."""
     import torch
 
     if method is Method.tmo:
         eval_tmo(dataset, root, output, model, flow, aos, raft_weights, device)
+        return
+    if method is Method.auto:
+        if flow is FlowChoice.raft or aos:
+            fail("--method auto uses DIS flow or none (the daemon's choices); not raft or --aos")
+        eval_auto(dataset, root, output, model, tmo_model, flow, size, auto_config, reseed, device)
         return
 
     from workers.evaluation.datasets import DatasetLayoutError, load_dataset
@@ -142,6 +156,45 @@ def eval_tmo(dataset: DatasetName, root: Path, output: Path, model: str | None, 
         sequences, output)
     typer.echo(f"{report.sequences} sequences, {report.frames} frames ({report.flow_frames} with flow), "
                f"{report.fps:.2f} FPS; masks in {output}")
+
+
+def eval_auto(dataset: DatasetName, root: Path, output: Path, model: str | None, tmo_model: str | None,
+              flow: FlowChoice, size: int, config_path: Path | None, reseed: str | None,
+              device: str | None) -> None:
+    """`vosd eval --method auto`: every frame of every sequence, no first mask, one AutoSession per video
+    (TMO finds and re-finds the object, XMem follows it), masks written like --method tmo."""
+    import torch
+
+    from streamer.config import ConfigError, load_config
+    from workers.auto.build import load_tmo, mask_free_session
+    from workers.evaluation.datasets import DatasetLayoutError
+    from workers.evaluation.unsupervised import load_unsupervised, run_unsupervised
+    from workers.tmo.checkpoint import CheckpointError as TMOCheckpointError
+    from workers.training.weights import WeightsError
+    from workers.xmem.checkpoint import CheckpointError, load_network
+
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        settings = load_config(config_path)
+        auto = settings.auto.auto_config(**({} if reseed is None else {"reseed": reseed}))
+        sequences = load_unsupervised(dataset, root)
+        xmem = load_network(resolve_model(model), device=torch_device)
+        tmo = load_tmo(tmo_model or settings.auto.model_path, torch_device)
+    except (ConfigError, DatasetLayoutError, CheckpointError, TMOCheckpointError, WeightsError,
+            ValueError) as error:
+        fail(str(error))
+    inference = settings.xmem.inference_config()
+    sessions: list[Any] = []
+
+    def session() -> Any:
+        sessions.append(mask_free_session("auto", tmo=tmo, flow=flow.value, device=torch_device, xmem=xmem,
+                                          inference=inference, auto=auto, size=size))
+        return sessions[-1]
+
+    report = run_unsupervised(session, sequences, output)
+    seeds = sum(s.seeds for s in sessions)
+    typer.echo(f"{report.sequences} sequences, {report.frames} frames, {report.fps:.2f} FPS, {seeds} seeds "
+               f"and re-seeds (policy {auto.reseed}); masks in {output}")
 
 
 def score_command(

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -34,8 +34,12 @@ from workers.evaluation.datasets import (
 )
 from workers.evaluation.metrics import boundary_f_measure, disk, region_similarity, tolerance_radius
 
-if TYPE_CHECKING:
-    from workers.tmo.session import TMOSession
+
+class FrameSegmenter(Protocol):
+    """A per-video session of a mask-free method: TMOSession, or auto mode's AutoSession. Its `step`
+    returns an object with `index_mask` (uint8 (H, W)) and `used_flow` (bool)."""
+
+    def step(self, frame: np.ndarray) -> Any: ...
 
 UNSUPERVISED_DATASETS = (DatasetName.D16, DatasetName.FBMS, DatasetName.YTO, DatasetName.LV,
                          DatasetName.generic)
@@ -148,11 +152,12 @@ class RunReport:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def run_unsupervised(session_factory: Callable[[], TMOSession], sequences: tuple[UnsupervisedSequence, ...],
-                     output: str | Path) -> RunReport:
+def run_unsupervised(session_factory: Callable[[], FrameSegmenter],
+                     sequences: tuple[UnsupervisedSequence, ...], output: str | Path) -> RunReport:
     """Segment every frame of every sequence with a fresh session each; masks go to ``<output>/<seq>/``.
 
-    `session_factory()` returns a new TMOSession (one per video: flow never crosses a cut between videos).
+    `session_factory()` returns a new TMOSession or AutoSession (one per video: flow and memory never
+    cross from one video to the next). Multi-object masks are written as they are; scoring binarises them.
     """
     output = Path(output)
     frames = flow_frames = 0

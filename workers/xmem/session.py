@@ -82,6 +82,15 @@ class VideoSession:
     def memory_stats(self) -> dict:
         return self.core.memory_stats()
 
+    def reset(self) -> None:
+        """Forget every object and all memory: the next frame with a mask starts the video again (auto
+        mode's re-seed after a scene cut or with the "reset" policy)."""
+        self.core.clear_memory()
+        self.core.set_all_labels([])
+        self.labels = []
+        self._to_internal.zero_()
+        self._to_caller = torch.zeros(1, dtype=torch.uint8, device=self.device)
+
     def state_dict(self) -> dict:
         """Everything needed to continue this video bit-identically in another process: the caller's
         labels and the core's state (CPU tensors and plain types, loadable with weights_only=True)."""
@@ -104,21 +113,27 @@ class VideoSession:
 
     @torch.no_grad()
     def step(self, frame: np.ndarray, mask: np.ndarray | None = None, *, end: bool = False,
-             output_size: tuple[int, int] | None = None, keep_probabilities: bool = False) -> FrameResult:
+             output_size: tuple[int, int] | None = None, keep_probabilities: bool = False,
+             anchor: bool = False) -> FrameResult:
         """Segment one frame; `mask` adds objects (labels not given before), `end` marks the last frame.
 
+        With `anchor`, `mask` is the whole truth of this frame for every object: objects seen before may
+        appear in it again (an object it lacks is absent on this frame) and the frame becomes a memory
+        frame, so the video is re-anchored without forgetting its memory (auto mode's "memory" re-seed).
         `output_size` (H, W) resizes the output to another size than the frame's (DAVIS full-resolution
         input scored at 480p); `keep_probabilities` also returns the probability map.
         """
         height, width = check_frame(frame)
         out_size = output_size or (height, width)
+        if anchor and (mask is None or not self.started):
+            raise SessionInputError("an anchor frame needs a mask, on a video that has started")
         if mask is not None:
             check_mask(mask, (height, width), first=not self.started)
         elif not self.started:
             return FrameResult(np.zeros(out_size, dtype=np.uint8), None, (), skipped=True)
         image = self.image_tensor(frame)
         image_size = (image.shape[-2], image.shape[-1])
-        one_hot, valid = (None, None) if mask is None else self.mask_tensor(mask, image_size)
+        one_hot, valid = (None, None) if mask is None else self.mask_tensor(mask, image_size, anchor=anchor)
         autocast = torch.autocast(self.device.type) if self.amp else nullcontext()
         with autocast:
             prob = self.core.step(image, one_hot, valid_labels=valid, end=end)
@@ -138,12 +153,15 @@ class VideoSession:
             image = TF.resize(image, self.size, interpolation=InterpolationMode.BILINEAR)
         return image
 
-    def mask_tensor(self, mask: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
-        """One-hot (K, H', W') over every label seen so far, and the internal ids of this mask's new
-        labels."""
+    def mask_tensor(self, mask: np.ndarray, size: tuple[int, int], *,
+                    anchor: bool = False) -> tuple[torch.Tensor, list[int]]:
+        """One-hot (K, H', W') over every label seen so far, and the internal ids of the labels the mask
+        decides: its new labels, or (`anchor`) every label."""
         present = sorted(int(v) for v in np.unique(mask) if v != 0)
         repeated = [label for label in present if label in self.labels]
-        if repeated:
+        if anchor:
+            present = [label for label in present if label not in self.labels]
+        elif repeated:
             raise SessionInputError(
                 f"labels {repeated} were given on an earlier frame; a later mask may only add new objects")
         if len(self.labels) + len(present) > MAX_OBJECTS:
@@ -157,7 +175,7 @@ class VideoSession:
         if tuple(index.shape) != size:
             index = F.interpolate(index[None, None].float(), size=size, mode="nearest")[0, 0].long()
         channels = torch.arange(1, len(self.labels) + 1, device=self.device).view(-1, 1, 1)
-        valid = [int(self._to_internal[label]) for label in present]
+        valid = [int(self._to_internal[label]) for label in (self.labels if anchor else present)]
         return (index[None] == channels).float(), valid
 
 

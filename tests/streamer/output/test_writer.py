@@ -224,3 +224,16 @@ def test_resume_after_a_killed_writer_keeps_durable_masks(tmp_path: Path, scene)
     assert len(images) == FRAMES
     inside = interior(masks[5] == 1)
     assert np.abs(images[5][inside].astype(float) - overlay(frames[5], masks[5])[inside]).mean() < 8
+
+
+def test_seed_events_go_into_their_frames_rle_lines_and_the_report(tmp_path: Path, scene) -> None:
+    frames, masks = scene
+    seed = {"kind": "seed", "frame": 2, "reason": "first"}
+    reseed = {"kind": "reseed", "frame": 4, "reason": "cut"}
+    with OutputWriter(rle_path=tmp_path / "masks.jsonl", fps=24, source_size=SIZE) as writer:
+        for i in (1, 0, 2, 4, 3):  # out of order: events travel with their frames through the reorder buffer
+            writer.write(i, frames[i], masks[i], {2: seed, 4: reseed}.get(i))
+    lines = [json.loads(line) for line in (tmp_path / "masks.jsonl").read_text().splitlines()]
+    assert [line["frame"] for line in lines] == [0, 1, 2, 3, 4]
+    assert [line.get("event") for line in lines] == [None, None, seed, None, reseed]
+    assert writer.report.events == [seed, reseed]

@@ -151,3 +151,33 @@ def test_input_errors_are_explicit(network: XMemNetwork) -> None:
     session.step(frame, FIRST)
     with pytest.raises(SessionInputError, match=r"labels \[7\] were given on an earlier frame"):
         session.step(frame, rectangles(label_7=(0, 0, 5, 5)))
+
+
+def test_reset_starts_the_video_again_as_a_fresh_session(network: XMemNetwork) -> None:
+    frames = video(8)
+    reused = VideoSession(network, config(), size=-1)
+    for t in range(4):
+        reused.step(frames[t], FIRST if t == 0 else None)
+    reused.reset()
+    assert not reused.started and reused.step(frames[4]).skipped
+    again = [reused.step(f, LATE if t == 0 else None) for t, f in enumerate(frames[5:])]
+    fresh = run(network, {0: LATE}, frames[5:])
+    for a, b in zip(again, fresh, strict=True):
+        assert np.array_equal(a.index_mask, b.index_mask) and a.labels == b.labels == (5,)
+
+
+def test_an_anchor_mask_re_anchors_known_objects_and_keeps_memory(network: XMemNetwork) -> None:
+    frames = video(6)
+    session = VideoSession(network, config(), size=-1)
+    with pytest.raises(SessionInputError, match="anchor frame needs a mask"):
+        session.step(frames[0], FIRST, anchor=True)
+    session.step(frames[0], FIRST)
+    session.step(frames[1])
+    with pytest.raises(SessionInputError, match="given on an earlier frame"):
+        session.step(frames[2], FIRST)
+    moved = rectangles(label_7=(2, 2, 20, 20), label_9=(30, 30, 40, 40))  # 3 absent, 7 moved, 9 new
+    anchored = session.step(frames[2], moved, anchor=True)
+    assert np.array_equal(anchored.index_mask, moved), "the anchor frame's output is the anchor mask"
+    assert anchored.labels == (3, 7, 9)
+    assert session.core.curr_ti == 2, "memory kept: the anchor is the video's third step"
+    assert session.step(frames[3]).index_mask.shape == (H, W)
