@@ -8,8 +8,8 @@ Wire format (multipart, no pickle anywhere)::
     part 2  payload   raw array bytes (only for kinds that carry an array: frames, masks, first-frame masks)
 
 Who sends what to whom, and what it means there, is declared once, on each message class (`ROUTES`);
-`protocol_table()` renders it, docs/architecture.md shows that rendering, and tests/streamer/transport/test_protocol.py fails
-when either the document or the code that builds messages disagrees with it.
+`protocol_table()` renders it, docs/architecture.md shows that rendering, and
+tests/streamer/transport/test_protocol.py fails when either the document or the code that builds messages disagrees with it.
 
 Arrays travel without copies: `encode` puts the array object itself in the part list for
 ``send_multipart(parts, copy=False)``, and `decode` wraps the received ``zmq.Frame`` buffer with
@@ -21,7 +21,8 @@ the decoder allocates a fresh array per frame, which is enough.
 receiver can log a malformed message, count it, and keep going.
 
 Why one module of this size: the closed set of message kinds, their routes and their wire codec are the
-protocol; kept together they are the one place it is written (tests/streamer/transport/test_protocol.py checks the rest).
+protocol; kept together they are the one place it is written
+(tests/streamer/transport/test_protocol.py checks the rest).
 """
 
 from __future__ import annotations
