@@ -9,7 +9,8 @@ Wire format (multipart, no pickle anywhere)::
 
 Who sends what to whom, and what it means there, is declared once, on each message class (`ROUTES`);
 `protocol_table()` renders it, docs/architecture.md shows that rendering, and
-tests/streamer/transport/test_protocol.py fails when either the document or the code that builds messages disagrees with it.
+tests/streamer/transport/test_protocol.py fails when either the document or the code that builds
+messages disagrees with it.
 
 Arrays travel without copies: `encode` puts the array object itself in the part list for
 ``send_multipart(parts, copy=False)``, and `decode` wraps the received ``zmq.Frame`` buffer with
