@@ -7,6 +7,7 @@ positions (flattened h*w); affinities are (..., M, P) and sum to one over the me
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -62,3 +63,70 @@ def readout(values: Tensor, affinity: Tensor) -> Tensor:
 def usage(affinity: Tensor) -> Tensor:
     """How much each memory element was read by one query frame: (..., M, P) -> (..., M)."""
     return affinity.sum(dim=-1)
+
+
+# The sparse readout used by the fast path. It works in query-major layout: scores (P, M), so that the top-k
+# runs along contiguous memory and no dense (M, P) affinity is ever formed. Scores and top-k weights are the
+# same bits as the functions above give (transposed); only the readout's summation order differs (k terms
+# instead of a matrix product over all M), which changes results at float rounding level.
+
+
+def similarity_by_query(
+    memory_key: Tensor, memory_shrinkage: Tensor | None, query_key: Tensor, query_selection: Tensor | None
+) -> Tensor:
+    """`similarity` transposed, for one frame: memory (Ck, M), (1, M); query (Ck, P) -> scores (P, M).
+
+    Each element goes through the same float operations in the same order as in `similarity` (the factor
+    2 is applied to the small query operand instead of the product, which is exact), and the large (P, M)
+    tensor is updated in place instead of being reallocated by every operation.
+    """
+    key_dim = memory_key.shape[-2]
+    if query_selection is None:
+        memory_norm = memory_key.pow(2).sum(dim=-2).unsqueeze(0)
+        result = torch.mm((2 * query_key).t(), memory_key)
+        result.sub_(memory_norm)
+    else:
+        result = torch.mm((2 * (query_key * query_selection)).t(), memory_key)
+        result.sub_(torch.mm(query_selection.t(), memory_key.pow(2)))
+        query_norm = (query_selection * query_key.pow(2)).sum(dim=-2, keepdim=True)
+        result.sub_(query_norm.t())
+    if memory_shrinkage is not None:
+        result.mul_(memory_shrinkage)
+    return result.div_(math.sqrt(key_dim))
+
+
+def top_k_weights(scores: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
+    """The non-zero part of `top_k_softmax` for scores (P, M): weights and memory indices, both (k, P).
+
+    The weights are bit-identical to the non-zero entries of `top_k_softmax(scores.T, top_k)`.
+    """
+    k = min(top_k, scores.shape[-1])
+    values, indices = torch.topk(scores, k=k, dim=-1)
+    values = values.t().contiguous()
+    weights = torch.exp(values - values[:1])
+    weights = weights / weights.sum(dim=0, keepdim=True)
+    return weights, indices.t().contiguous()
+
+
+def sparse_readout(values: Tensor, weights: Tensor, indices: Tensor) -> Tensor:
+    """`readout` from top-k weights: values (N, Cv, M), weights / indices (k, P) -> (N, Cv, P).
+
+    Reads only the k chosen memory columns of each query position (k * P columns instead of a dense
+    M x P product).
+    """
+    count, channels, size = values.shape
+    top, positions = weights.shape
+    # (N*Cv, M) @ sparse (M, P) is computed as sparse (P, M) @ (M, N*Cv): one row of k entries per position
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        rows = torch.sparse_csr_tensor(
+            torch.arange(0, top * positions + 1, top, device=values.device),
+            indices.t().reshape(-1), weights.t().reshape(-1), size=(positions, size),
+            check_invariants=False)
+    dense = values.reshape(count * channels, size).t()
+    return torch.mm(rows, dense).t().reshape(count, channels, positions)
+
+
+def sparse_usage(weights: Tensor, indices: Tensor, size: int) -> Tensor:
+    """`usage` from top-k weights / indices (k, P) for a memory of `size` elements -> (size,)."""
+    return weights.new_zeros(size).index_add_(0, indices.reshape(-1), weights.reshape(-1))
