@@ -47,7 +47,7 @@ DEFAULT_ACCELERATION = Acceleration()
 def conv_bn_pairs(module: nn.Module) -> list[tuple[nn.Module, str, str]]:
     """(parent, conv attribute, BN attribute) for each conv directly followed by its BatchNorm: the ResNet
     naming (convN / bnN, conv1 / bn1) and Sequential(conv, BN, ...) (downsample, EfficientNet conv_bn)."""
-    pairs = []
+    pairs: list[tuple[nn.Module, str, str]] = []
     for parent in module.modules():
         children = dict(parent.named_children())
         if isinstance(parent, nn.Sequential):
@@ -84,7 +84,7 @@ def accelerate(network: XMemNetwork, options: Acceleration = DEFAULT_ACCELERATIO
         if options.fold_batchnorm:
             fold_batchnorm(network)
         if options.channels_last:
-            network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            network.to(memory_format=torch.channels_last)
     if options.changes_network:
         setattr(network, INFERENCE_ONLY, True)
         network.requires_grad_(False)

@@ -26,6 +26,7 @@ from workers.xmem.similarity import (
     similarity_by_query,
     sparse_readout,
     sparse_usage,
+    thread_workspace,
     top_k_softmax,
     top_k_weights,
     usage,
@@ -104,7 +105,7 @@ class MemoryManager:
         (Ck, P) -> (N_mem, Cv, P). Usage is counted as in the dense path."""
         working, long_term = self.working, self.long_term
         lt_size, total = long_term.size, long_term.size + working.size
-        scores = similarity_by_query(key, shrinkage, q_key, q_selection)
+        scores = similarity_by_query(key, shrinkage, q_key, q_selection, thread_workspace())
         readouts = []
         for group in range(len(self.groups)):
             lt_rows, wm_rows = long_term.group_size(group), working.group_size(group)

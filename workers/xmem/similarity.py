@@ -7,6 +7,7 @@ positions (flattened h*w); affinities are (..., M, P) and sum to one over the me
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 
 import torch
@@ -71,28 +72,80 @@ def usage(affinity: Tensor) -> Tensor:
 # instead of a matrix product over all M), which changes results at float rounding level.
 
 
+class Workspace:
+    """Reusable scratch buffers for the (P, M) score matrices of one thread's sessions.
+
+    At 480p a full working memory gives 1620 x 16200 scores (105 MB); allocating two such tensors for
+    every frame costs page faults on every frame, so the fast path keeps them. Buffers grow to the largest
+    size asked for and are shared by every session of the thread (they are only used within one read-out).
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, Tensor] = {}
+
+    def matrix(self, name: str, rows: int, columns: int, like: Tensor) -> Tensor:
+        """An uninitialised contiguous (rows, columns) tensor of `like`'s dtype and device."""
+        count = rows * columns
+        buffer = self.buffers.get(name)
+        if (buffer is None or buffer.numel() < count or buffer.dtype != like.dtype
+                or buffer.device != like.device):
+            buffer = torch.empty(count, dtype=like.dtype, device=like.device)
+            self.buffers[name] = buffer
+        return buffer[:count].view(rows, columns)
+
+    def clear(self) -> None:
+        self.buffers.clear()
+
+
+_THREAD = threading.local()
+
+
+def thread_workspace() -> Workspace:
+    """The calling thread's shared `Workspace`."""
+    workspace = getattr(_THREAD, "workspace", None)
+    if workspace is None:
+        workspace = _THREAD.workspace = Workspace()
+    return workspace
+
+
+def power_of_two(value: float) -> bool:
+    mantissa, _ = math.frexp(value)
+    return mantissa == 0.5
+
+
 def similarity_by_query(
-    memory_key: Tensor, memory_shrinkage: Tensor | None, query_key: Tensor, query_selection: Tensor | None
+    memory_key: Tensor, memory_shrinkage: Tensor | None, query_key: Tensor, query_selection: Tensor | None,
+    workspace: Workspace | None = None,
 ) -> Tensor:
     """`similarity` transposed, for one frame: memory (Ck, M), (1, M); query (Ck, P) -> scores (P, M).
 
-    Each element goes through the same float operations in the same order as in `similarity` (the factor
-    2 is applied to the small query operand instead of the product, which is exact), and the large (P, M)
-    tensor is updated in place instead of being reallocated by every operation.
+    Each element goes through the same float operations as in `similarity` and gets the same bits: the
+    factor 2 is applied to the small query operand instead of the product, and when sqrt(Ck) is a power of
+    two (Ck = 64) the division by it is applied to the shrinkage; both are exact rescalings. The large
+    (P, M) tensor is updated in place, in `workspace` buffers when given (the result is then a view of a
+    buffer, valid until the next call with the same workspace).
     """
     key_dim = memory_key.shape[-2]
+    positions, size = query_key.shape[-1], memory_key.shape[-1]
+    scale = math.sqrt(key_dim)
+
+    def matrix(name: str) -> Tensor | None:
+        return None if workspace is None else workspace.matrix(name, positions, size, memory_key)
+
     if query_selection is None:
         memory_norm = memory_key.pow(2).sum(dim=-2).unsqueeze(0)
-        result = torch.mm((2 * query_key).t(), memory_key)
+        result = torch.mm((2 * query_key).t(), memory_key, out=matrix("scores"))
         result.sub_(memory_norm)
     else:
-        result = torch.mm((2 * (query_key * query_selection)).t(), memory_key)
-        result.sub_(torch.mm(query_selection.t(), memory_key.pow(2)))
+        result = torch.mm((2 * (query_key * query_selection)).t(), memory_key, out=matrix("scores"))
+        result.sub_(torch.mm(query_selection.t(), memory_key.pow(2), out=matrix("memory_norm")))
         query_norm = (query_selection * query_key.pow(2)).sum(dim=-2, keepdim=True)
         result.sub_(query_norm.t())
-    if memory_shrinkage is not None:
-        result.mul_(memory_shrinkage)
-    return result.div_(math.sqrt(key_dim))
+    if memory_shrinkage is None:
+        return result.div_(scale)
+    if power_of_two(scale):
+        return result.mul_(memory_shrinkage / scale)
+    return result.mul_(memory_shrinkage).div_(scale)
 
 
 def top_k_weights(scores: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
@@ -116,6 +169,9 @@ def sparse_readout(values: Tensor, weights: Tensor, indices: Tensor) -> Tensor:
     """
     count, channels, size = values.shape
     top, positions = weights.shape
+    weights = weights.to(values.dtype)
+    if values.dtype not in (torch.float32, torch.float64):  # sparse kernels are float32 / float64 only
+        return (values[:, :, indices] * weights).sum(dim=2)
     # (N*Cv, M) @ sparse (M, P) is computed as sparse (P, M) @ (M, N*Cv): one row of k entries per position
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")

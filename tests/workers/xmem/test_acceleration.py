@@ -18,6 +18,7 @@ from workers.xmem.checkpoint import save_state_dict
 from workers.xmem.network import NetworkSpec, XMemNetwork
 from workers.xmem.random_init import InitOptions, make_random_network, write_random_checkpoint
 from workers.xmem.similarity import (
+    Workspace,
     readout,
     similarity,
     similarity_by_query,
@@ -52,23 +53,29 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_random_checkpoint(path, NetworkSpec.small(), seed=4, options=SMALL_OPTIONS)
 
 
-def memory_and_query(size: int, positions: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def memory_and_query(size: int, positions: int, seed: int = 0, key_dim: int = 16) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(seed)
-    key = torch.randn(16, size, generator=generator)
+    key = torch.randn(key_dim, size, generator=generator)
     shrinkage = torch.rand(1, size, generator=generator) * 3 + 1
-    query = torch.randn(16, positions, generator=generator)
-    selection = torch.rand(16, positions, generator=generator)
+    query = torch.randn(key_dim, positions, generator=generator)
+    selection = torch.rand(key_dim, positions, generator=generator)
     return key, shrinkage, query, selection
 
 
 @pytest.mark.parametrize("with_selection", [True, False])
 @pytest.mark.parametrize("with_shrinkage", [True, False])
-def test_query_major_scores_are_the_reference_bits(with_selection: bool, with_shrinkage: bool) -> None:
-    key, shrinkage, query, selection = memory_and_query(300, 70)
+@pytest.mark.parametrize("key_dim", [16, 12])  # sqrt 4 (folded into the shrinkage) and sqrt 12
+def test_query_major_scores_are_the_reference_bits(with_selection: bool, with_shrinkage: bool,
+                                                   key_dim: int) -> None:
+    key, shrinkage, query, selection = memory_and_query(300, 70, key_dim=key_dim)
     shrink = shrinkage if with_shrinkage else None
     select = selection if with_selection else None
-    reference = similarity(key, shrink, query, select)
-    assert torch.equal(similarity_by_query(key, shrink, query, select), reference.t())
+    reference = similarity(key, shrink, query, select).t()
+    assert torch.equal(similarity_by_query(key, shrink, query, select), reference)
+    workspace = Workspace()
+    larger = memory_and_query(400, 70, seed=9, key_dim=key_dim)
+    similarity_by_query(larger[0], larger[1], larger[2], larger[3], workspace)  # buffers of another size
+    assert torch.equal(similarity_by_query(key, shrink, query, select, workspace), reference)
 
 
 @pytest.mark.parametrize("size", [300, 12])
