@@ -67,11 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate of each live stream")
     parser.add_argument("--stream-variant", default="fast_fp16", choices=VARIANTS,
                         help="variant used for the concurrent streams")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated single-stream variants")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated single-stream variants")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny random network, 96x128 synthetic frames, 3 frames, 2 streams at 4 fps")
-    parser.add_argument("--output", type=Path, help="results JSON (default benchmarks/results/gpu-<time>.json)")
+    parser.add_argument("--output", type=Path,
+                        help="results JSON (default benchmarks/results/gpu-<time>.json)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.count, args.streams, args.fps, args.size = min(args.count, 3), min(args.streams, 2), 4.0, -1
@@ -216,7 +218,8 @@ def concurrent_streams(args: argparse.Namespace, reference: XMemNetwork, frames:
         "kept_up": p99 <= 3 * interval,
     }
     print(f"{args.streams} streams x {args.fps:g} fps ({args.stream_variant}, sequential): "
-          f"{result['aggregate_fps']:.1f} FPS in all, latency p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
+          f"{result['aggregate_fps']:.1f} FPS in all, latency p50 {p50 * 1000:.1f} ms, "
+          f"p99 {p99 * 1000:.1f} ms "
           f"= {p99 / interval:.2f} frame intervals")
     return result
 
