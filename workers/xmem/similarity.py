@@ -87,8 +87,10 @@ class Workspace:
         """An uninitialised contiguous (rows, columns) tensor of `like`'s dtype and device."""
         count = rows * columns
         buffer = self.buffers.get(name)
+        # an inference tensor (made under torch.inference_mode) cannot be written outside that mode
         if (buffer is None or buffer.numel() < count or buffer.dtype != like.dtype
-                or buffer.device != like.device):
+                or buffer.device != like.device
+                or (buffer.is_inference() and not torch.is_inference_mode_enabled())):
             buffer = torch.empty(count, dtype=like.dtype, device=like.device)
             self.buffers[name] = buffer
         return buffer[:count].view(rows, columns)

@@ -76,6 +76,9 @@ def test_query_major_scores_are_the_reference_bits(with_selection: bool, with_sh
     larger = memory_and_query(400, 70, seed=9, key_dim=key_dim)
     similarity_by_query(larger[0], larger[1], larger[2], larger[3], workspace)  # buffers of another size
     assert torch.equal(similarity_by_query(key, shrink, query, select, workspace), reference)
+    with torch.inference_mode():  # buffers made in inference mode are replaced when used outside it
+        similarity_by_query(larger[0], larger[1], larger[2], larger[3], workspace)
+    assert torch.equal(similarity_by_query(key, shrink, query, select, workspace), reference)
 
 
 @pytest.mark.parametrize("size", [300, 12])
