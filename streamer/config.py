@@ -182,6 +182,12 @@ class WorkersConfig(_Section):
         description="Save a batch job's XMem memory this often next to its outputs, so a re-run after a "
         "crash resumes there instead of at frame 0; 0 = never. Live jobs restart fresh.",
     )
+    engine: Literal["fast", "reference"] = Field(
+        default="fast",
+        description="XMem inference path: fast (sparse top-k memory read-out; outputs within float rounding "
+        "of the reference, see benchmarks/RESULTS.md) or reference (the eager float32 path, operation for "
+        "operation the official XMem code).",
+    )
 
     @field_validator("devices")
     @classmethod

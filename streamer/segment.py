@@ -232,16 +232,17 @@ def run_segment(
     working_size = settings.workers.size if size is None else size
     first_mask = read_index_mask(mask_path) if mask_path is not None else None
     session: VideoSession | AutoSession | TMOOnlySession
+    fast = settings.workers.engine == "fast"
     names = []
     network = None
     if chosen is not Mode.TMO:
         checkpoint = model_path(model or settings.workers.model_path)
-        network = load_network(checkpoint, device=device)
+        network = load_network(checkpoint, device=device, fast=fast)
         names.append(checkpoint.name)
     if chosen is Mode.XMEM:
         assert network is not None
         session = VideoSession(network, settings.xmem.inference_config(), size=working_size, amp=use_amp,
-                               device=device)
+                               device=device, fast=fast)
     else:
         from workers.auto.build import load_tmo, mask_free_session, tmo_model_path
 
@@ -251,7 +252,7 @@ def run_segment(
         session = mask_free_session(
             chosen.value, tmo=load_tmo(tmo_path, device), flow=settings.auto.flow, device=device,
             xmem=network, inference=settings.xmem.inference_config(), auto=auto, size=working_size,
-            amp=use_amp)
+            amp=use_amp, fast=fast)
     source = open_source(video, live=False)
     info = source.info
     if first_mask is not None:

@@ -246,8 +246,9 @@ class Worker:
         except (TypeError, ValueError) as exc:
             raise JobSetupError(f"invalid inference options {sorted(overrides)}: {exc}") from None
         size, device = self.settings.workers.size, self.settings.device
+        fast = self.settings.workers.engine == "fast"
         if mode is Mode.XMEM:
-            return VideoSession(self.network, config, size=size, device=device)
+            return VideoSession(self.network, config, size=size, device=device, fast=fast)
         from workers.auto.build import mask_free_session
 
         try:
@@ -256,7 +257,7 @@ class Worker:
         except (TypeError, ValueError) as exc:
             raise JobSetupError(f"invalid option 'objects': {exc}") from None
         return mask_free_session(mode.value, tmo=self._tmo(), flow=self.settings.auto.flow, device=device,
-                                 xmem=self.network, inference=config, auto=auto, size=size)
+                                 xmem=self.network, inference=config, auto=auto, size=size, fast=fast)
 
     def _tmo(self) -> Any:
         """TMO's network, loaded once; JobSetupError when its checkpoint cannot be used."""
@@ -424,7 +425,8 @@ def run_worker(settings: WorkerSettings) -> None:
     threads = settings.threads or default_threads(settings.device, torch.get_num_threads())
     torch.set_num_threads(threads)
     logger.info("worker=%s torch threads=%d", settings.name, threads)
-    network = load_network(settings.checkpoint, device=settings.device)
+    fast = settings.workers.engine == "fast"
+    network = load_network(settings.checkpoint, device=settings.device, fast=fast)
     context = zmq.Context()
     worker = Worker(settings, network, context)
 

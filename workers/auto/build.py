@@ -46,9 +46,10 @@ def tmo_session(network: TMONetwork, flow: str, device: str | torch.device) -> T
 
 def mask_free_session(mode: str, *, tmo: TMONetwork, flow: str, device: str | torch.device,
                       xmem: XMemNetwork | None = None, inference: InferenceConfig | None = None,
-                      auto: AutoConfig | None = None, size: int = 480, amp: bool = False
-                      ) -> AutoSession | TMOOnlySession:
-    """The session of mode "auto" (TMO-seeded XMem; needs `xmem` and `inference`) or "tmo" (TMO alone)."""
+                      auto: AutoConfig | None = None, size: int = 480, amp: bool = False,
+                      fast: bool = True) -> AutoSession | TMOOnlySession:
+    """The session of mode "auto" (TMO-seeded XMem; needs `xmem` and `inference`) or "tmo" (TMO alone);
+    `fast` picks XMem's fast or reference inference path (`VideoSession`)."""
     watcher = tmo_session(tmo, flow, device)
     if mode == "tmo":
         return TMOOnlySession(watcher)
@@ -58,5 +59,5 @@ def mask_free_session(mode: str, *, tmo: TMONetwork, flow: str, device: str | to
         raise ValueError("auto mode needs the XMem network and its inference options")
     from workers.xmem.session import VideoSession
 
-    video = VideoSession(xmem, inference, size=size, amp=amp, device=device)
+    video = VideoSession(xmem, inference, size=size, amp=amp, device=device, fast=fast)
     return AutoSession(watcher, video, auto or AutoConfig())

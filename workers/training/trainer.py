@@ -146,7 +146,7 @@ def initial_network(config: TrainConfig, weights: Path | None) -> TrainingXMem:
     """From a checkpoint when given (the checkpoint fixes the layout), else calibrated random weights."""
     if weights is not None:
         log.info("starting from %s", weights)
-        return training_network(load_network(weights))
+        return training_network(load_network(weights, fast=False))
     spec = default_spec(config)
     key_encoder_state = None
     if spec.variant == "lite":

@@ -194,7 +194,7 @@ def validate_checkpoint(path: Path) -> str:
     from workers.xmem.checkpoint import CheckpointError, load_network
 
     try:
-        network = load_network(path)
+        network = load_network(path, fast=False)
     except CheckpointError as error:
         raise WeightsError(f"{path} is not a usable XMem checkpoint: {error}") from error
     return f"{network.spec.variant} (key {network.spec.key_dim}, value {network.spec.value_dim}, " \

@@ -164,9 +164,14 @@ def layout_problems(expected: Mapping[str, torch.Tensor], state: Mapping[str, to
 
 
 def load_network(
-    path_or_state_dict: str | Path | Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
+    path_or_state_dict: str | Path | Mapping[str, torch.Tensor], device: str | torch.device = "cpu",
+    *, fast: bool = True,
 ) -> XMemNetwork:
-    """Build the network the checkpoint describes, load it strictly and return it in eval mode on `device`."""
+    """Build the network the checkpoint describes, load it strictly and return it in eval mode on `device`.
+
+    fast=True applies the default inference rewrites (`workers.xmem.acceleration`); fast=False returns the
+    reference network, untouched, which is what training and checkpoint tools must use.
+    """
     if isinstance(path_or_state_dict, Mapping):
         state = as_state_dict(path_or_state_dict, "the given mapping")
         source = "the given state dict"
@@ -181,11 +186,21 @@ def load_network(
         raise CheckpointError(
             f"{source} does not match the XMem layout it implies ({spec}):\n  " + "\n  ".join(problems))
     network.load_state_dict(state, strict=True)
-    return network.to(device).eval()
+    network = network.to(device).eval()
+    if fast:
+        from workers.xmem.acceleration import accelerate
+
+        network = accelerate(network)
+    return network
 
 
 def save_state_dict(network: XMemNetwork, path: str | Path) -> Path:
     """Write the official format (a plain dict of contiguous CPU tensors) atomically; returns the path."""
+    from workers.xmem.acceleration import is_inference_only
+
+    if is_inference_only(network):
+        raise ValueError("this network was rewritten for inference (load_network(fast=True)); "
+                         "save the reference network (load_network(..., fast=False))")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in network.state_dict().items()}

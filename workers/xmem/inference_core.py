@@ -24,8 +24,13 @@ from workers.xmem.padding import pad, padding_for, unpad
 class InferenceCore:
     """Segments one video frame by frame; objects may be added on any frame with a mask."""
 
-    def __init__(self, network: XMemNetwork, config: InferenceConfig | Mapping[str, Any]) -> None:
+    def __init__(self, network: XMemNetwork, config: InferenceConfig | Mapping[str, Any], *,
+                 fast: bool = True) -> None:
+        """`fast` reads memory through the sparse top-k readout (float-rounding-level differences from the
+        dense reference readout, and much less work on large memories); fast=False is the reference path,
+        operation for operation the official code's."""
         self.network = network
+        self.fast = fast
         self.config = config if isinstance(config, InferenceConfig) else InferenceConfig.from_mapping(config)
         self.all_labels: list[int] = []
         self.clear_memory()
@@ -35,7 +40,7 @@ class InferenceCore:
         self.curr_ti = -1
         self.last_mem_ti = 0
         self.last_deep_update_ti = -self.config.deep_update_every
-        self.memory = MemoryManager(self.config, self.network.spec.hidden_dim)
+        self.memory = MemoryManager(self.config, self.network.spec.hidden_dim, fast=self.fast)
 
     def set_all_labels(self, labels: list[int]) -> None:
         """Declare every object label (1-based, ascending) known so far, before a step that adds objects."""

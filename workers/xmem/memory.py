@@ -20,14 +20,25 @@ from torch import Tensor
 
 from workers.xmem.config import InferenceConfig
 from workers.xmem.kv_store import KeyValueStore, restore, snapshot
-from workers.xmem.similarity import readout, similarity, top_k_softmax, usage
+from workers.xmem.similarity import (
+    readout,
+    similarity,
+    similarity_by_query,
+    sparse_readout,
+    sparse_usage,
+    thread_workspace,
+    top_k_softmax,
+    top_k_weights,
+    usage,
+)
 
 
 class MemoryManager:
     """All memory of one video: WM and LT key-value stores, object groups, and the hidden state."""
 
-    def __init__(self, config: InferenceConfig, hidden_dim: int) -> None:
+    def __init__(self, config: InferenceConfig, hidden_dim: int, *, fast: bool = True) -> None:
         self.config = config
+        self.fast = fast
         self.hidden_dim = hidden_dim
         self.working = KeyValueStore(count_usage=config.enable_long_term)
         self.long_term = KeyValueStore(
@@ -45,7 +56,9 @@ class MemoryManager:
         """Read memory for a query frame: key / selection (1, Ck, h, w) -> readout (N_mem, Cv, h, w).
 
         Similarities against [LT ; WM] are computed once; each object group takes a top-k softmax over the
-        rows it has values for. Group 0 (which covers every element) also counts usage.
+        rows it has values for. Group 0 (which covers every element) also counts usage. With `fast` the
+        readout reads only the top-k elements of each position (`sparse_readout`; the same scores and
+        weights, summed in another order) instead of a dense affinity product.
         """
         if not self.groups:
             raise RuntimeError("memory is empty: the first frame must come with a mask")
@@ -61,6 +74,9 @@ class MemoryManager:
             shrinkage = torch.cat([long_term.shrinkage, working.shrinkage], dim=-1)
         else:
             key, shrinkage = working.key, working.shrinkage
+        if self.fast:
+            result = self.sparse_match(key, shrinkage, q_key, q_selection)
+            return result.view(*result.shape[:2], height, width)
         scores = similarity(key, shrinkage, q_key, q_selection)
         readouts = []
         for group in range(len(self.groups)):
@@ -81,6 +97,34 @@ class MemoryManager:
             readouts.append(readout(values, affinity))
         result = torch.cat(readouts, dim=0)
         return result.view(*result.shape[:2], height, width)
+
+    def sparse_match(
+        self, key: Tensor, shrinkage: Tensor, q_key: Tensor, q_selection: Tensor | None
+    ) -> Tensor:
+        """`match_memory`'s readout through top-k weights: memory key (Ck, M), shrinkage (1, M), query
+        (Ck, P) -> (N_mem, Cv, P). Usage is counted as in the dense path."""
+        working, long_term = self.working, self.long_term
+        lt_size, total = long_term.size, long_term.size + working.size
+        scores = similarity_by_query(key, shrinkage, q_key, q_selection, thread_workspace())
+        readouts = []
+        for group in range(len(self.groups)):
+            lt_rows, wm_rows = long_term.group_size(group), working.group_size(group)
+            if lt_rows == lt_size and wm_rows == working.size:
+                rows = scores
+            else:
+                lt_part, wm_part = scores[:, lt_size - lt_rows : lt_size], scores[:, total - wm_rows :]
+                rows = torch.cat([lt_part, wm_part], dim=1)
+            weights, indices = top_k_weights(rows, self.config.top_k)
+            if group == 0:
+                read = sparse_usage(weights, indices, lt_rows + wm_rows)
+                working.record_usage(read[lt_rows:])
+                if lt_rows:
+                    long_term.record_usage(read[:lt_rows])
+            values = working.values[group]
+            if lt_rows:
+                values = torch.cat([long_term.values[group], values], dim=-1)
+            readouts.append(sparse_readout(values, weights, indices))
+        return torch.cat(readouts, dim=0)
 
     def add_memory(
         self, key: Tensor, shrinkage: Tensor, value: Tensor, objects: list[int], selection: Tensor | None

@@ -63,11 +63,14 @@ class VideoSession:
     """One video through one InferenceCore: uint8 frames + index masks in, index masks out."""
 
     def __init__(self, network: XMemNetwork, config: InferenceConfig | dict, *, size: int = 480,
-                 amp: bool = False, device: torch.device | str | None = None) -> None:
+                 amp: bool = False, device: torch.device | str | None = None, fast: bool = True) -> None:
+        """`fast` selects the fast inference path (`InferenceCore`'s sparse readout, a contiguous argmax);
+        fast=False is the reference path. The network's own path is chosen by `load_network(fast=...)`."""
         self.device = torch.device(device) if device is not None else next(network.parameters()).device
         self.size = size
         self.amp = amp
-        self.core = InferenceCore(network, config)
+        self.fast = fast
+        self.core = InferenceCore(network, config, fast=fast)
         self.labels: list[int] = []
         self._to_internal = torch.zeros(256, dtype=torch.long, device=self.device)
         self._to_caller = torch.zeros(1, dtype=torch.uint8, device=self.device)
@@ -140,7 +143,9 @@ class VideoSession:
         prob = prob.float()
         if tuple(prob.shape[-2:]) != out_size:
             prob = F.interpolate(prob[None], size=out_size, mode="bilinear", align_corners=False)[0]
-        index_mask = self._to_caller[prob.argmax(dim=0)].cpu().numpy()
+        # the channel axis last makes argmax a contiguous reduction (same result, the first maximum wins)
+        winner = prob.permute(1, 2, 0).contiguous().argmax(dim=-1) if self.fast else prob.argmax(dim=0)
+        index_mask = self._to_caller[winner].cpu().numpy()
         probabilities = prob.cpu().numpy() if keep_probabilities else None
         return FrameResult(index_mask, probabilities, tuple(self.labels))
 
