@@ -181,3 +181,21 @@ def test_an_anchor_mask_re_anchors_known_objects_and_keeps_memory(network: XMemN
     assert anchored.labels == (3, 7, 9)
     assert session.core.curr_ti == 2, "memory kept: the anchor is the video's third step"
     assert session.step(frames[3]).index_mask.shape == (H, W)
+
+
+@pytest.mark.parametrize("labels", [(9,), (1,), (3, 7), (2, 4, 250)])
+def test_index_mask_is_argmax_of_the_probabilities_ties_included(network: XMemNetwork, labels: tuple) -> None:
+    # the fast path (one comparison for one object, max().indices for more) must equal official argmax
+    session = VideoSession(network, config(), size=-1)
+    first = np.zeros((H, W), dtype=np.uint8)
+    for k, label in enumerate(labels):
+        first[k, 0] = label
+    session.mask_tensor(first, (H, W))
+    generator = torch.Generator().manual_seed(len(labels))
+    # coarse values make many exact ties between channels, including with the background
+    prob = torch.randint(0, 4, (1 + len(labels), H, W), generator=generator).float() / 4
+    prob[:, 0, 0] = 0.5  # a tie of every channel
+    expected = torch.tensor([0, *labels], dtype=torch.uint8)[prob.argmax(dim=0)]
+    fast = session.index_mask(prob)
+    assert fast.dtype == torch.uint8
+    assert torch.equal(fast, expected)
