@@ -109,6 +109,11 @@ def test_input_is_normalised_then_resized_like_torchvision(network: XMemNetwork)
     torch.testing.assert_close(image, reference, rtol=0, atol=1e-5)
     unresized = VideoSession(network, config(), size=-1).image_tensor(frame)
     assert unresized.shape == (3, H, W)
+    # bit for bit the arithmetic of eval.py's order (permute, scale, normalise), read-only frames included
+    frame.flags.writeable = False
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    plain = (torch.tensor(frame).permute(2, 0, 1).float().div(255) - mean) / std
+    assert torch.equal(VideoSession(network, config(), size=-1).image_tensor(frame), plain)
 
 
 def test_resized_inference_returns_masks_at_the_input_resolution(network: XMemNetwork) -> None:
