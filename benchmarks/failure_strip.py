@@ -1,5 +1,5 @@
 """A picture of where a checkpoint fails: chosen frames of a DAVIS sequence side by side, the prediction
-tinted red, the annotation's outline green, each tile labelled with its frame number and IoU.
+tinted blue, the annotation's outline green, each tile labelled with its frame number and IoU.
 
     python benchmarks/failure_strip.py --sequence car-roundabout --frames 10,40,70 \\
         [--checkpoint PATH] [--size 480] [--width 320] --output docs/images/lite-car-roundabout.png
@@ -24,15 +24,17 @@ from workers.xmem.session import VideoSession
 
 
 def tile(frame: np.ndarray, predicted: np.ndarray, truth: np.ndarray, label: str, width: int) -> Image.Image:
-    """The frame with the prediction tinted red and the annotation's outline in green, scaled to ``width``."""
+    """The frame, prediction tinted blue, the annotation's outline green, scaled to ``width``."""
     image = frame.astype(np.float32)
-    red = np.array([255.0, 0.0, 0.0])
-    image[predicted > 0] = 0.5 * image[predicted > 0] + 0.5 * red
+    blue = np.array([0.0, 60.0, 255.0])
+    image[predicted > 0] = 0.4 * image[predicted > 0] + 0.6 * blue
     outline = truth.astype(bool) & ~ndimage.binary_erosion(truth.astype(bool), iterations=2)
     image[outline] = (0, 255, 0)
     picture = Image.fromarray(image.astype(np.uint8))
     picture = picture.resize((width, round(picture.height * width / picture.width)), Image.BILINEAR)
-    ImageDraw.Draw(picture).text((4, 4), label, fill=(255, 255, 0))
+    draw = ImageDraw.Draw(picture)
+    draw.rectangle(draw.textbbox((4, 4), label), fill=(0, 0, 0))
+    draw.text((4, 4), label, fill=(255, 255, 255))
     return picture
 
 
