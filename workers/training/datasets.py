@@ -163,7 +163,7 @@ def list_static(root: Path) -> list[tuple[Path, Path]]:
 
 
 def static_mask_path(image: Path) -> Path | None:
-    """The mask of a still image: ``NAME.png`` beside it, else ``../masks/NAME.png`` when it sits in ``images/``."""
+    """A still image's mask: ``NAME.png`` beside it, else ``../masks/NAME.png`` when it is in ``images/``."""
     beside = image.with_suffix(".png")
     if beside.is_file():
         return beside
