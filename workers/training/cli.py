@@ -85,6 +85,9 @@ def train_command(
     output_dir: Annotated[Path, typer.Option(help="Parent folder of experiment folders.")] = Path("saves"),
     log_every: Annotated[int, typer.Option(help="Iterations per logged loss row.")] = 100,
     save_every: Annotated[int, typer.Option(help="Iterations between checkpoints.")] = 25_000,
+    minutes: Annotated[float | None, typer.Option(
+        help="XMem: wall-clock budget of the run; when spent, the current stage saves and stops, later "
+             "stages are skipped.")] = None,
     clip_grad_norm: Annotated[float, typer.Option(help="Clip gradients to this norm (0 = off).")] = 3.0,
     seed: Annotated[int, typer.Option(help="Base random seed.")] = 14159265,
     nproc_per_node: Annotated[int, typer.Option(
@@ -137,7 +140,7 @@ def train_command(
                 held_out=split_names(held_out), iterations=iterations, batch_size=batch_size, lr=lr,
                 max_objects=max_objects, frozen=split_names(freeze),
                 crop_size=crop_size, num_workers=num_workers, device=device, amp=amp, log_every=log_every,
-                save_every=save_every, clip_grad_norm=clip_grad_norm, seed=seed,
+                save_every=save_every, minutes=minutes, clip_grad_norm=clip_grad_norm, seed=seed,
             )
         except ValueError as error:
             raise typer.BadParameter(str(error)) from error

@@ -175,6 +175,9 @@ class TrainConfig:
             in eval mode), which suits pretrained trunks and small per-GPU batches.
         log_every: iterations between log lines / CSV rows (averaged over the interval).
         save_every: iterations between checkpoints (each stage also saves at its end).
+        minutes: wall-clock budget of the whole run (None = none). When it is spent the stage in progress
+            stops after its current iteration, saves its checkpoint and final weights as at its end, and the
+            later stages are skipped, so a run on a borrowed machine ends on time with usable weights.
         seed: base random seed; ranks, stages and resumes derive their own seeds from it.
         stage_overrides: replacement StageConfig per stage name (e.g. fewer frames for a quick check); the
             run-level iteration / batch / lr overrides still apply on top.
@@ -210,6 +213,7 @@ class TrainConfig:
     train_batchnorm: bool = False
     log_every: int = 100
     save_every: int = 25_000
+    minutes: float | None = None
     seed: int = 14159265
     stage_overrides: dict[str, StageConfig] = field(default_factory=dict)
 
@@ -221,6 +225,8 @@ class TrainConfig:
             raise ValueError(f"max_objects must be at least 1, got {self.max_objects}")
         if not 0.0 <= self.deep_update_prob <= 1.0:
             raise ValueError(f"deep_update_prob must be in [0, 1], got {self.deep_update_prob}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ValueError(f"minutes must be positive, got {self.minutes}")
 
     @property
     def experiment_dir(self) -> Path:

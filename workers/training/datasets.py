@@ -147,12 +147,31 @@ def sequence_names(image_root: Path) -> set[str]:
 
 
 def list_static(root: Path) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs anywhere under ``root``: a JPEG / BMP / WebP image with a same-stem PNG."""
-    pairs = [(image, image.with_suffix(".png")) for image in sorted(root.rglob("*"))
-             if image.suffix.lower() in STILL_SUFFIXES and image.with_suffix(".png").is_file()]
+    """(image, mask) pairs anywhere under ``root``: a JPEG / BMP / WebP image with a same-stem PNG beside it,
+    or, in the ``images/`` + ``masks/`` layout (e.g. weizmann-horse), in the sibling ``masks/`` folder."""
+    pairs = []
+    for image in sorted(root.rglob("*")):
+        if image.suffix.lower() not in STILL_SUFFIXES:
+            continue
+        mask = static_mask_path(image)
+        if mask is not None:
+            pairs.append((image, mask))
     if not pairs:
-        raise DatasetLayoutError(f"no image + same-name .png mask pairs under {root}")
+        raise DatasetLayoutError(f"no image + same-name .png mask pairs under {root} "
+                                 "(beside each image, or images/NAME.jpg with masks/NAME.png)")
     return pairs
+
+
+def static_mask_path(image: Path) -> Path | None:
+    """A still image's mask: ``NAME.png`` beside it, else ``../masks/NAME.png`` when it is in ``images/``."""
+    beside = image.with_suffix(".png")
+    if beside.is_file():
+        return beside
+    if image.parent.name == "images":
+        sibling = image.parent.parent / "masks" / f"{image.stem}.png"
+        if sibling.is_file():
+            return sibling
+    return None
 
 
 def sample_frame_indices(length: int, count: int, max_skip: int, rng: np.random.Generator) -> list[int]:

@@ -392,10 +392,14 @@ class Trainer:
         self.folder = config.experiment_dir
         self.loss_log = LossLog(self.folder) if ctx.is_main else None
         self.step = 0  # iterations over all stages, the x axis of the curves
+        self.deadline: float | None = None
+        self.out_of_time = False
 
     def run(self) -> Path:
         """Train every stage (continuing a saved run with --resume); returns the final weights."""
         config = self.config
+        if config.minutes is not None:
+            self.deadline = time.monotonic() + 60.0 * config.minutes
         resume = read_training_state(self.folder) if config.resume else None
         if resume is not None:
             if resume["stages"] != config.stages:
@@ -414,6 +418,11 @@ class Trainer:
             stage = config.stage(name)
             saved = resume if resume is not None and index == resume["stage_index"] else None
             final = self.run_stage(network, index, stage, saved)
+            if self.out_of_time:
+                if index + 1 < len(self.stages):
+                    log.info("--minutes %g spent: skipping stage(s) %s", config.minutes,
+                             ", ".join(self.stages[index + 1:]))
+                break
         if self.loss_log is not None:
             self.loss_log.close()
         return final
@@ -472,6 +481,11 @@ class Trainer:
         failed = True
         try:
             while iteration < stage.total_iterations:
+                if self.time_is_up():
+                    self.out_of_time = True
+                    log.info("stage %s: --minutes %g spent, stopping at iteration %d of %d", stage.name,
+                             config.minutes, iteration, stage.total_iterations)
+                    break
                 finetune = iteration >= stage.iterations
                 wanted = (stage.max_skip_at(iteration), finetune)
                 if wanted != phase:
@@ -515,6 +529,17 @@ class Trainer:
         if ctx.distributed:
             dist.barrier()
         return final
+
+    def time_is_up(self) -> bool:
+        """Whether the --minutes budget is spent; ranks agree (the slowest clock decides for all)."""
+        if self.deadline is None:
+            return False
+        up = time.monotonic() >= self.deadline
+        if self.ctx.distributed:
+            flag = torch.tensor([1.0 if up else 0.0], device=self.ctx.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            up = bool(flag.item() > 0)
+        return up
 
     def train_step(self, model: torch.nn.Module, batch: dict, stage: StageConfig, iteration: int,
                    generator: torch.Generator, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

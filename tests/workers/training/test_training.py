@@ -280,6 +280,28 @@ def test_resume_continues_from_the_saved_iteration_with_optimizer_state(tmp_path
     assert (tmp_path / "r" / STATE_FILE).is_file()
 
 
+def test_minutes_budget_stops_the_stage_saves_and_skips_later_stages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.training.trainer as trainer_module
+
+    calls = iter(range(0, 10**6, 60))  # a clock that moves one minute each time the trainer reads it
+    clock = type("Clock", (), {"monotonic": staticmethod(lambda: float(next(calls))),
+                               "perf_counter": staticmethod(trainer_module.time.perf_counter)})
+    monkeypatch.setattr(trainer_module, "time", clock)
+    config = TrainConfig(stages="01", exp_id="m", output_dir=tmp_path, minutes=2.5,
+                         **{**TINY, "iterations": 5})
+    final = train(config)
+    # deadline at 150 s: the checks at 60 s and 120 s let two iterations run, the one at 180 s stops
+    assert final == tmp_path / "m" / "m_s0.pth"
+    state = read_training_state(tmp_path / "m")
+    assert (state["stage"], state["iteration"], state["weights"]) == ("0", 2, "m_s0_2.pth")
+    assert load_network(final).spec.variant == "small"
+    assert not list((tmp_path / "m").glob("m_s01*")), "stage 1 is skipped once the budget is spent"
+    with pytest.raises(ValueError):
+        TrainConfig(minutes=0)
+
+
 def test_two_gloo_processes_keep_identical_weights(tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

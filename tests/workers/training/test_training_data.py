@@ -185,6 +185,23 @@ def test_static_dataset_from_a_folder(tmp_path: Path) -> None:
         list_static(tmp_path / "set" / "missing")
 
 
+def test_static_pairs_in_images_and_masks_folders(tmp_path: Path) -> None:
+    # the weizmann-horse layout: images/NAME.jpg with masks/NAME.png; an image without a mask is skipped
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    mask = square_mask(64, 64, 12, 12, 36, 255)
+    for name in ("horse001", "horse002", "nomask"):
+        Image.fromarray(np.where(mask[..., None] > 0, 230, 20).astype(np.uint8).repeat(3, axis=2)).save(
+            tmp_path / "images" / f"{name}.jpg")
+    for name in ("horse001", "horse002"):
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{name}.png")
+    pairs = list_static(tmp_path)
+    assert [(p[0].name, p[1].parent.name, p[1].name) for p in pairs] == [
+        ("horse001.jpg", "masks", "horse001.png"), ("horse002.jpg", "masks", "horse002.png")]
+    sample = StaticClipDataset(StillLoader(pairs), num_frames=3, augmentation=NO_COLOUR)[0]
+    assert sample["num_objects"].item() == 1 and (sample["labels"][0] == 1).sum() >= 16
+
+
 def test_synthetic_masks_match_the_rendered_objects() -> None:
     config = SyntheticConfig(height=64, width=80, min_objects=3, max_objects=3, object_size=(0.4, 0.6))
     clip = generate_clip(config, 4, np.random.default_rng(5))

@@ -109,6 +109,11 @@ def test_input_is_normalised_then_resized_like_torchvision(network: XMemNetwork)
     torch.testing.assert_close(image, reference, rtol=0, atol=1e-5)
     unresized = VideoSession(network, config(), size=-1).image_tensor(frame)
     assert unresized.shape == (3, H, W)
+    # bit for bit the arithmetic of eval.py's order (permute, scale, normalise), read-only frames included
+    frame.flags.writeable = False
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    plain = (torch.tensor(frame).permute(2, 0, 1).float().div(255) - mean) / std
+    assert torch.equal(VideoSession(network, config(), size=-1).image_tensor(frame), plain)
 
 
 def test_resized_inference_returns_masks_at_the_input_resolution(network: XMemNetwork) -> None:
@@ -181,3 +186,21 @@ def test_an_anchor_mask_re_anchors_known_objects_and_keeps_memory(network: XMemN
     assert anchored.labels == (3, 7, 9)
     assert session.core.curr_ti == 2, "memory kept: the anchor is the video's third step"
     assert session.step(frames[3]).index_mask.shape == (H, W)
+
+
+@pytest.mark.parametrize("labels", [(9,), (1,), (3, 7), (2, 4, 250)])
+def test_index_mask_is_argmax_of_the_probabilities_ties_included(network: XMemNetwork, labels: tuple) -> None:
+    # the fast path (one comparison for one object, max().indices for more) must equal official argmax
+    session = VideoSession(network, config(), size=-1)
+    first = np.zeros((H, W), dtype=np.uint8)
+    for k, label in enumerate(labels):
+        first[k, 0] = label
+    session.mask_tensor(first, (H, W))
+    generator = torch.Generator().manual_seed(len(labels))
+    # coarse values make many exact ties between channels, including with the background
+    prob = torch.randint(0, 4, (1 + len(labels), H, W), generator=generator).float() / 4
+    prob[:, 0, 0] = 0.5  # a tie of every channel
+    expected = torch.tensor([0, *labels], dtype=torch.uint8)[prob.argmax(dim=0)]
+    fast = session.index_mask(prob)
+    assert fast.dtype == torch.uint8
+    assert torch.equal(fast, expected)
