@@ -47,7 +47,8 @@ class AutoConfig:
     """Re-seeding on drift or collapse: "reset" clears XMem's memory and starts again from TMO's mask;
     "memory" adds TMO's mask as a memory frame and keeps the rest of the memory. Reset is the default: on
     held-out DAVIS-2016 camel, car-roundabout and dog (benchmarks/auto_compare.py, bundled models, 240p)
-    it scored J&F 65.8 against 65.2 for memory, and it cannot keep a wrong object alive in memory."""
+    it scored J&F 65.8 against 65.2 for memory with the previous bundled XMem (76.0 both with the current
+    one: no re-seed happened), and it cannot keep a wrong object alive in memory."""
     objects: int = 1
     """Objects to seed: 1 = all kept components as one object; N > 1 = the N largest connected
     components as objects 1..N, largest first."""
