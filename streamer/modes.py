@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
 
 
 class Mode(str, Enum):
@@ -37,3 +38,12 @@ def choose_mode(mask_given: bool, requested: Mode | str | None = None) -> Mode:
         raise ModeError(f"mode {mode.value} finds the object itself and takes no mask; "
                         "drop --mask or use mode xmem")
     return mode
+
+
+def job_mode_options(mask_given: bool, requested: Mode | str | None, objects: int | None) -> dict[str, Any]:
+    """The job options that say how a queued job is segmented (``mode``, and ``objects`` for auto), as
+    `vosd submit` and POST /jobs store them; ModeError when the request does not fit the mask."""
+    mode = choose_mode(mask_given, requested)
+    if objects is not None and mode is not Mode.AUTO:
+        raise ModeError(f"objects applies to mode auto only (this job runs in mode {mode.value})")
+    return {"mode": mode.value, **({"objects": objects} if objects is not None else {})}

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
+import redis as redis_lib
 import typer
 import yaml
 from typer.testing import CliRunner
@@ -149,6 +153,27 @@ def launch(config: Path, data_dir: Path, log: Path) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_NUM_THREADS": "1"},  # one torch thread: the CI machine has two cores
         )
+
+
+@contextmanager
+def serving(config: Path, data_dir: Path) -> Iterator[Served]:
+    """`vosd serve` on `config` with its embedded Redis, once that Redis is up; stopped cleanly (exit 0) and
+    `data_dir` removed afterwards."""
+    log = data_dir / "daemon.log"
+    process = launch(config, data_dir, log)
+    socket_path = data_dir / "redis" / "redis.sock"
+    deadline = time.monotonic() + 60
+    while not socket_path.exists():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    client = redis_lib.Redis(unix_socket_path=str(socket_path), decode_responses=True)
+    daemon = Served(process, config, data_dir, JobQueue(client), log)
+    try:
+        yield daemon
+    finally:
+        stop_daemon(daemon)
+        client.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def stop_daemon(daemon: Served) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from streamer.config import XMemConfig
+from streamer.modes import Mode
 from streamer.queue.jobs import JobRecord
 
 MAX_POLYGONS = 256
@@ -23,6 +24,13 @@ class JobOptions(BaseModel):
     overlay: bool | None = Field(default=None, description="Write overlay.mp4 (default: the daemon's).")
     masks: bool | None = Field(default=None, description="Write masks/NNNNN.png (default: the daemon's).")
     rle: bool | None = Field(default=None, description="Write masks.jsonl (default: the daemon's).")
+    mode: Mode | None = Field(
+        default=None,
+        description="auto | xmem | tmo (streamer/modes.py). Default: xmem with a first mask, else auto.",
+    )
+    objects: int | None = Field(
+        default=None, ge=1, le=255, description="Auto mode: seed up to N separate components as objects."
+    )
     xmem: dict[str, int | bool] = Field(
         default_factory=dict,
         description='XMem overrides by their official names, e.g. {"mem_every": 10}.',
@@ -39,7 +47,7 @@ class JobOptions(BaseModel):
 
     def to_job_options(self) -> dict[str, Any]:
         """The flat `JobRecord.options` the daemon reads (streamer.daemon.lifecycle.split_options)."""
-        flat = {k: v for k, v in self.model_dump(exclude={"xmem"}).items() if v is not None}
+        flat = {k: v for k, v in self.model_dump(mode="json", exclude={"xmem"}).items() if v is not None}
         return {**flat, **self.xmem}
 
 

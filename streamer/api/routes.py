@@ -41,6 +41,7 @@ from streamer.api.sources import (
     upload_name,
 )
 from streamer.ingest.sources import is_live_uri
+from streamer.modes import job_mode_options
 from streamer.queue.jobs import JobNotFound, JobQueue, JobRecord, JobState
 
 router = APIRouter(dependencies=[Depends(require_token)])
@@ -208,8 +209,11 @@ def _accept(
                 save_polygon_mask(submission.mask_polygons, folder / "mask.png", max_objects=max_objects)
             )
         live = is_live_uri(source) if submission.live is None else submission.live
+        asked = submission.options
+        how = job_mode_options(mask_path is not None, asked.mode, asked.objects)  # ModeError: a ValueError
         return ctx.queue().submit(
-            source, mask_path=mask_path, live=live, options=submission.options.to_job_options(), job_id=job_id
+            source, mask_path=mask_path, live=live, options={**asked.to_job_options(), **how}, job_id=job_id,
+            mode=how["mode"],
         )
     except SourceRefused as exc:
         shutil.rmtree(folder, ignore_errors=True)

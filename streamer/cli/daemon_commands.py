@@ -166,19 +166,14 @@ def submit_command(
 ) -> None:
     """Queue a job; prints its id."""
     from streamer.ingest.sources import is_live_uri
-    from streamer.modes import Mode, ModeError, choose_mode
+    from streamer.modes import ModeError, job_mode_options
 
     try:
-        chosen = choose_mode(mask is not None, mode)
-        if objects is not None and chosen is not Mode.AUTO:
-            raise ModeError("--objects applies to mode auto only")
+        how = job_mode_options(mask is not None, mode, objects)
     except ModeError as exc:
         typer.echo(f"not submitted: {exc}", err=True)
         raise typer.Exit(2) from None
-    options = _parse_options(option or [])
-    options["mode"] = chosen.value
-    if objects is not None:
-        options["objects"] = objects
+    options = {**_parse_options(option or []), **how}
     # Unset: the serving daemon's writer config decides (e.g. configs/live-camera.yaml writes no PNGs).
     options.update({k: v for k, v in (('overlay', overlay), ('masks', masks), ('rle', rle)) if v is not None})
     if output is not None:
@@ -195,7 +190,7 @@ def submit_command(
                 mask_path=str(mask.resolve()) if mask is not None else None,
                 live=is_live_uri(source) if live is None else live,
                 options=options,
-                mode=chosen.value,
+                mode=how["mode"],
             )
         except ValueError as exc:  # unsupported source scheme; nothing was queued
             typer.echo(f"not submitted: {exc}", err=True)

@@ -90,7 +90,7 @@ def test_uploaded_video_with_a_polygon_mask_then_stop_and_cancel(api: Api) -> No
         assert response.status_code == 201, response.text
         job = response.json()
         assert job["source"].endswith(f"/uploads/{job['id']}/video.mp4")
-        assert job["options"] == {"mem_every": 3}
+        assert job["options"] == {"mem_every": 3, "mode": "xmem"}
         drawn = np.asarray(Image.open(job["mask_path"]))
         assert set(np.unique(drawn)) == {0, 1, 2} and drawn[60, 30] == 1 and drawn[20, 120] == 2
 
@@ -106,6 +106,20 @@ def test_uploaded_video_with_a_polygon_mask_then_stop_and_cancel(api: Api) -> No
         reply = client.delete(f"/jobs/{second['id']}")
         assert reply.status_code == 200 and reply.json()["state"] in ("queued", "cancelled", "running")
         assert api.wait(client, second["id"])["state"] == "cancelled"
+
+
+def test_a_job_without_a_mask_is_queued_in_auto_mode_with_its_objects(api: Api) -> None:
+    with api.client() as client:
+        source = str(api.media / "shapes.mp4")
+        response = client.post("/jobs", json={"source": source, "options": {"objects": 2}})
+        assert response.status_code == 201, response.text
+        job = response.json()
+        assert job["mode"] == "auto" and job["mask_path"] is None
+        assert job["options"] == {"mode": "auto", "objects": 2}
+        tmo = client.post("/jobs", json={"source": source, "options": {"mode": "tmo"}})
+        assert tmo.status_code == 201 and tmo.json()["mode"] == "tmo", tmo.text
+        for queued in (job, tmo.json()):  # the daemon need not segment them here
+            assert client.delete(f"/jobs/{queued['id']}").status_code == 200
 
 
 def test_jobs_are_paged_newest_first_and_filtered_by_state(api: Api) -> None:
@@ -165,6 +179,25 @@ def test_bad_requests_get_a_clear_json_4xx_and_the_server_keeps_working(api: Api
         ("POST", "/jobs", {"json": {**good, "options": {"xmem": {"warp": 9}}}}, "json", 422, ""),
         ("POST", "/jobs", {"json": {**good, "options": {"output_dir": "/etc"}}}, "json", 422, ""),
         ("POST", "/jobs", {"json": {**good, "options": {"max_frames": -1}}}, "json", 422, ""),
+        ("POST", "/jobs", {"json": {**good, "options": {"mode": "xmem"}}}, "json", 422, "needs a first"),
+        ("POST", "/jobs", {"json": {**good, "options": {"mode": "any"}}}, "json", 422, ""),
+        ("POST", "/jobs", {"json": {**good, "options": {"objects": 0}}}, "json", 422, ""),
+        (
+            "POST",
+            "/jobs",
+            {"json": {**good, "mask_png": base64.b64encode(png).decode(), "options": {"mode": "tmo"}}},
+            "json",
+            422,
+            "takes no mask",
+        ),
+        (
+            "POST",
+            "/jobs",
+            {"json": {**good, "mask_png": base64.b64encode(png).decode(), "options": {"objects": 2}}},
+            "json",
+            422,
+            "auto only",
+        ),
         ("POST", "/jobs", {"content": b"x", "headers": {"content-type": "text/plain"}}, "json", 415, "send"),
         ("POST", "/jobs", {"content": b"\0" * big, "headers": JSON}, "json", 413, "over the limit"),
         ("POST", "/jobs", {"content": _chunks(big), "headers": JSON}, "json", 413, "over the limit"),
@@ -217,7 +250,7 @@ def test_bad_requests_get_a_clear_json_4xx_and_the_server_keeps_working(api: Api
             assert response.status_code == status, (method, path, kwargs, response.text)
             body = response.json()
             assert body["status"] == status and body["error"], body
-            assert words in body["error"], (path, body)
+            assert words in body["error"] + " ".join(body.get("details", [])), (path, body)
             if status == 422 and body["error"] == "invalid request":
                 assert body["details"], body
         assert client.get("/healthz").json() == {"status": "alive"}

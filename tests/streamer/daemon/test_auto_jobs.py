@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import tempfile
 import time
@@ -14,11 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis as redis_lib
 import yaml
 
-from daemon_rig import Served, assert_complete_outputs, frames_of, launch, stop_daemon, write_config
-from streamer.queue.jobs import JobQueue, JobState
+from daemon_rig import Served, assert_complete_outputs, frames_of, serving, write_config
+from streamer.queue.jobs import JobState
 from videos import LiveServer, free_port, write_moving_shape_video
 
 pytestmark = pytest.mark.timeout(300)
@@ -41,21 +39,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     settings["auto"] = AUTO
     settings["workers"]["checkpoint_every_s"] = 0.5
     config.write_text(yaml.safe_dump(settings))
-    log = data_dir / "daemon.log"
-    process = launch(config, data_dir, log)
-    socket_path = data_dir / "redis" / "redis.sock"
-    deadline = time.monotonic() + 60
-    while not socket_path.exists():
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-    client = redis_lib.Redis(unix_socket_path=str(socket_path), decode_responses=True)
-    daemon = Served(process, config, data_dir, JobQueue(client), log)
-    try:
+    with serving(config, data_dir) as daemon:
         yield daemon
-    finally:
-        stop_daemon(daemon)
-        client.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from daemon_rig import (
     frames_of,
     launch,
     rle_frames,
+    serving,
     stop_daemon,
     write_config,
 )
@@ -82,21 +83,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | list[np.
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data_dir = Path(tempfile.mkdtemp(prefix="vosd-d-"))  # short: ipc and redis socket paths are limited
     config = write_config(data_dir)
-    log = data_dir / "daemon.log"
-    process = launch(config, data_dir, log)
-    socket_path = data_dir / "redis" / "redis.sock"
-    deadline = time.monotonic() + 60
-    while not socket_path.exists():
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-    client = redis_lib.Redis(unix_socket_path=str(socket_path), decode_responses=True)
-    daemon = Served(process, config, data_dir, JobQueue(client), log)
-    try:
+    with serving(config, data_dir) as daemon:
         yield daemon
-    finally:
-        stop_daemon(daemon)
-        client.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
