@@ -26,7 +26,10 @@ import httpx
 import numpy as np
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# The repository root too: without a regular streamer/ on sys.path, tests/streamer/ (a namespace
+# directory of the test tree) would be imported as `streamer` in spawned children.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
 from videos import free_port, write_first_mask, write_moving_shape_video
 from workers.xmem.network import NetworkSpec
 from workers.xmem.random_init import write_random_checkpoint

@@ -39,11 +39,14 @@ import zmq
 from streamer.config import TransportConfig, WorkersConfig
 from streamer.ingest.decoder import DecoderSettings, run_decoder
 from streamer.output.writer_process import WriterSettings, run_writer
-from streamer.transport.messages import EndOfStream, ErrorMessage, Heartbeat, Progress, Shutdown
+from streamer.transport.messages import ErrorMessage, Heartbeat, OutputsComplete, Progress, Shutdown
 from streamer.transport.sockets import ResultCollector, ResultSender, send_control
 from workers.worker import WorkerSettings, run_worker
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# The repository root too: without a regular streamer/ on sys.path, tests/streamer/ (a namespace
+# directory of the test tree) would be imported as `streamer` in spawned children.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
 from videos import LiveServer, free_port, write_first_mask, write_moving_shape_video
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -146,15 +149,15 @@ class Pipeline:
                     run.peak_rss[name] = max(run.peak_rss.get(name, 0), rss)
                     if name == "worker":
                         run.worker_rss.append((run.frames, rss))
-            if isinstance(message, Progress) and message.job_id == job_id and message.frames_total is None:
+            if isinstance(message, Progress) and message.job_id == job_id:
                 if message.frames_done > run.frames:
                     run.frames = message.frames_done
                     run.written_at.append(now)
                     if message.latency_s is not None:
                         run.latencies.append(message.latency_s)
                 run.dropped = message.frames_dropped
-            elif isinstance(message, EndOfStream) and message.job_id == job_id:
-                run.frames, run.dropped = message.frames_total, message.frames_dropped
+            elif isinstance(message, OutputsComplete) and message.job_id == job_id:
+                run.frames, run.dropped = message.frames_written, message.frames_dropped
                 run.seconds = now - started
                 processes["decoder"].join(10)
                 return run

@@ -35,7 +35,10 @@ import redis
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+# The repository root too: without a regular streamer/ on sys.path, tests/streamer/ (a namespace
+# directory of the test tree) would be imported as `streamer` in spawned children.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(ROOT / "tests"))
 from streamer.queue.jobs import JobQueue, JobState  # noqa: E402
 from streamer.queue.redis_server import EmbeddedRedis  # noqa: E402
 from videos import write_first_mask, write_moving_shape_video  # noqa: E402
