@@ -86,7 +86,7 @@ def test_profiles_set_what_they_promise() -> None:
     live = load_config(CONFIGS / "live-camera.yaml")
     assert live.transport.live_queue_frames == 1
     assert live.transport.live_drop_policy is LiveDropPolicy.DROP_OLDEST
-    assert 240 <= live.workers.size < 480 and 5 <= live.xmem.mem_every <= 10
+    assert 160 <= live.workers.size < 480 and 5 <= live.xmem.mem_every <= 10
     long = load_config(CONFIGS / "long-video.yaml")
     assert (long.xmem.mem_every, long.xmem.max_mid_term_frames, long.xmem.min_mid_term_frames) == (10, 6, 3)
     assert long.xmem.top_k == 30, "fields the profile does not set keep their defaults"
