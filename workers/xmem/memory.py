@@ -66,7 +66,7 @@ class MemoryManager:
         q_key = query_key[0].flatten(1)
         q_selection = None if query_selection is None else query_selection[0].flatten(1)
         working, long_term = self.working, self.long_term
-        lt_size, total = long_term.size, long_term.size + working.size
+        lt_size = long_term.size
         assert working.key is not None and working.shrinkage is not None, "the first frame's memory is here"
         if lt_size:
             assert long_term.key is not None and long_term.shrinkage is not None
@@ -80,21 +80,11 @@ class MemoryManager:
         scores = similarity(key, shrinkage, q_key, q_selection)
         readouts = []
         for group in range(len(self.groups)):
-            lt_rows, wm_rows = long_term.group_size(group), working.group_size(group)
-            if lt_rows == lt_size and wm_rows == working.size:
-                rows = scores
-            else:
-                rows = torch.cat([scores[lt_size - lt_rows : lt_size], scores[total - wm_rows :]])
+            rows, lt_rows = self._group_scores(scores, group, memory_dim=0)
             affinity = top_k_softmax(rows, self.config.top_k)
             if group == 0:
-                read = usage(affinity)
-                working.record_usage(read[lt_rows:])
-                if lt_rows:
-                    long_term.record_usage(read[:lt_rows])
-            values = working.values[group]
-            if lt_rows:
-                values = torch.cat([long_term.values[group], values], dim=-1)
-            readouts.append(readout(values, affinity))
+                self._record_usage(usage(affinity), lt_rows)
+            readouts.append(readout(self._group_values(group, lt_rows), affinity))
         result = torch.cat(readouts, dim=0)
         return result.view(*result.shape[:2], height, width)
 
@@ -103,28 +93,38 @@ class MemoryManager:
     ) -> Tensor:
         """`match_memory`'s readout through top-k weights: memory key (Ck, M), shrinkage (1, M), query
         (Ck, P) -> (N_mem, Cv, P). Usage is counted as in the dense path."""
-        working, long_term = self.working, self.long_term
-        lt_size, total = long_term.size, long_term.size + working.size
         scores = similarity_by_query(key, shrinkage, q_key, q_selection, thread_workspace())
         readouts = []
         for group in range(len(self.groups)):
-            lt_rows, wm_rows = long_term.group_size(group), working.group_size(group)
-            if lt_rows == lt_size and wm_rows == working.size:
-                rows = scores
-            else:
-                lt_part, wm_part = scores[:, lt_size - lt_rows : lt_size], scores[:, total - wm_rows :]
-                rows = torch.cat([lt_part, wm_part], dim=1)
+            rows, lt_rows = self._group_scores(scores, group, memory_dim=1)
             weights, indices = top_k_weights(rows, self.config.top_k)
             if group == 0:
-                read = sparse_usage(weights, indices, lt_rows + wm_rows)
-                working.record_usage(read[lt_rows:])
-                if lt_rows:
-                    long_term.record_usage(read[:lt_rows])
-            values = working.values[group]
-            if lt_rows:
-                values = torch.cat([long_term.values[group], values], dim=-1)
-            readouts.append(sparse_readout(values, weights, indices))
+                self._record_usage(sparse_usage(weights, indices, rows.shape[1]), lt_rows)
+            readouts.append(sparse_readout(self._group_values(group, lt_rows), weights, indices))
         return torch.cat(readouts, dim=0)
+
+    def _group_scores(self, scores: Tensor, group: int, *, memory_dim: int) -> tuple[Tensor, int]:
+        """The scores against the memory that object group `group` has (LT then WM elements, along
+        `memory_dim`), and how many of them are long-term."""
+        working, long_term = self.working, self.long_term
+        lt_size, total = long_term.size, long_term.size + working.size
+        lt_rows, wm_rows = long_term.group_size(group), working.group_size(group)
+        if lt_rows == lt_size and wm_rows == working.size:
+            return scores, lt_rows
+        lt_part = scores.narrow(memory_dim, lt_size - lt_rows, lt_rows)
+        wm_part = scores.narrow(memory_dim, total - wm_rows, wm_rows)
+        return torch.cat([lt_part, wm_part], dim=memory_dim), lt_rows
+
+    def _group_values(self, group: int, lt_rows: int) -> Tensor:
+        """Values of group `group` in the order of `_group_scores`: long-term first, then working."""
+        values = self.working.values[group]
+        return torch.cat([self.long_term.values[group], values], dim=-1) if lt_rows else values
+
+    def _record_usage(self, read: Tensor, lt_rows: int) -> None:
+        """Credit each memory element with how much it was read (LT elements first in `read`)."""
+        self.working.record_usage(read[lt_rows:])
+        if lt_rows:
+            self.long_term.record_usage(read[:lt_rows])
 
     def add_memory(
         self, key: Tensor, shrinkage: Tensor, value: Tensor, objects: list[int], selection: Tensor | None
